@@ -1,0 +1,52 @@
+# Two commands: `make run` and `make test`. Everything else here serves them.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DEVICE ?= cpu
+PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/smolsite
+
+.PHONY: run test worker test-sqlite test-postgres bench install install-test services clean
+
+# Stamps depend on pyproject.toml, so a second `make run` installs nothing.
+$(VENV)/.stamp-run: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-run pyproject.toml tests/plugin_dist/smolsite-hello/pyproject.toml
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q ./tests/plugin_dist/smolsite-hello
+	touch $@
+
+install: $(VENV)/.stamp-run
+install-test: $(VENV)/.stamp-test
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
+run: install
+	$(PY) manage.py migrate --noinput
+	$(PY) -m daphne -b $(HOST) -p $(PORT) smolsite.asgi:application
+
+# A device worker for the scaled-out mode (REDIS_URL set): one per device, holding its models once.
+worker: install
+	$(VENV)/bin/celery -A smolsite worker -Q device.$(DEVICE) -n $(DEVICE)@%h --pool solo --loglevel INFO
+
+# PostgreSQL and Redis are machine services; start them if something stopped them.
+services:
+	@bash .ci/services.sh
+
+test: install-test services test-sqlite test-postgres
+
+test-sqlite:
+	$(VENV)/bin/pytest -p no:cacheprovider
+
+test-postgres:
+	DATABASE_URL=$(PG_TEST_URL) $(VENV)/bin/pytest -p no:cacheprovider -m "not browser"
+
+bench: install-test services
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) db.sqlite3 var test-artifacts

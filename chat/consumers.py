@@ -1,0 +1,198 @@
+"""The chat websocket: actions in, numbered event batches out. No inference happens here;
+generations are handed to the model's device worker and stream back through the group."""
+import asyncio
+import json
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from inference import dispatch
+
+from . import actions
+from .models import Conversation, Message
+from .rendering import render_message, render_thread
+
+logger = logging.getLogger(__name__)
+
+RESYNC_TRIES = 20
+RESYNC_WAIT = 0.2  # the worker saves progress at least once a second
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        self.user = self.scope.get("user")
+        self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
+        self.sent_seq = {}  # message id -> last seq sent to this client
+        self.gaps = {}  # message id -> events held back while re-reading the database
+        if not self.user or not self.user.is_authenticated or not await self._owns():
+            await self.close(code=4403)
+            return
+        self.group = f"conv.{self.conversation_id}"
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        active = await database_sync_to_async(actions.active_message)(self.conversation_id)
+        if active is not None:
+            await self._send_snapshot(active.pk)
+
+    async def disconnect(self, code):
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    @database_sync_to_async
+    def _owns(self):
+        return Conversation.objects.filter(pk=self.conversation_id, owner=self.user).exists()
+
+    async def send_json(self, data):
+        await self.send(text_data=json.dumps(data))
+
+    async def error(self, text, **extra):
+        await self.send_json({"type": "error", "error": text, **extra})
+
+    # ---- client -> server -------------------------------------------------------------
+    async def receive(self, text_data=None, bytes_data=None):
+        if bytes_data is not None or text_data is None:
+            return await self.error("Binary frames are not accepted.")
+        if len(text_data.encode()) > settings.SMOLSITE_MAX_FRAME_BYTES:
+            return await self.error("That frame is too large.")
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            return await self.error("That frame is not valid JSON.")
+        if not isinstance(frame, dict):
+            return await self.error("A frame must be a JSON object.")
+        action = frame.get("action")
+        handler = {
+            "send": self.do_send,
+            "regenerate": self.do_regenerate,
+            "edit": self.do_edit,
+            "stop": self.do_stop,
+            "resume": self.do_resume,
+        }.get(action)
+        if handler is None:
+            return await self.error(f"Unknown action {action!r}.")
+        try:
+            await handler(frame)
+        except actions.ActionError as exc:
+            await self.error(str(exc), action=action)
+        except (TypeError, ValueError, KeyError):
+            await self.error(f"Malformed {action!r} frame.", action=action)
+
+    async def do_send(self, frame):
+        reply = await database_sync_to_async(actions.send)(self.conversation_id, frame.get("content"))
+        await self._started(reply)
+
+    async def do_regenerate(self, frame):
+        message_id = frame.get("message")
+        reply = await database_sync_to_async(actions.regenerate)(
+            self.conversation_id, int(message_id) if message_id not in (None, "") else None)
+        await self._started(reply)
+
+    async def do_edit(self, frame):
+        reply = await database_sync_to_async(actions.edit)(
+            self.conversation_id, int(frame["message"]), frame.get("content"))
+        await self._started(reply)
+
+    async def do_stop(self, frame):
+        active = await database_sync_to_async(actions.active_message)(self.conversation_id)
+        if active is None:
+            return await self.error("Nothing is being generated.", action="stop")
+        dispatch.stop(str(active.pk))
+        if await database_sync_to_async(actions.cancel_pending)(active.pk):
+            # Never reached a worker: tell every tab now.
+            await self.channel_layer.group_send(self.group, {
+                "type": "gen.events", "message": active.pk,
+                "events": [{"seq": 1, "kind": "done", "status": "stopped", "error": "", "stats": {}}]})
+
+    async def do_resume(self, frame):
+        await self._send_snapshot(int(frame["message"]))
+
+    async def _started(self, reply):
+        self.sent_seq[reply.pk] = 0
+        # Every tab redraws the branch: the new turn (or new branch) is on all of them.
+        await self.channel_layer.group_send(self.group, {"type": "thread.changed", "message": reply.pk})
+        dispatch.enqueue(str(reply.pk), reply.model_name)
+
+    # ---- group -> client --------------------------------------------------------------
+    async def thread_changed(self, event):
+        html, title = await self._thread()
+        self.sent_seq.setdefault(event["message"], 0)
+        await self.send_json({"type": "thread", "html": html, "title": title, "active": event["message"]})
+
+    async def gen_events(self, event):
+        message_id = int(event["message"])
+        if message_id in self.gaps:
+            self.gaps[message_id].extend(event["events"])
+            return
+        last = self.sent_seq.get(message_id, 0)
+        fresh = [e for e in event["events"] if e["seq"] > last]
+        if not fresh:
+            return
+        if fresh[0]["seq"] != last + 1 and fresh[0]["kind"] != "done":
+            # Events were published before this socket joined the group: re-read the
+            # saved text, then continue from there.
+            self.gaps[message_id] = list(fresh)
+            asyncio.get_running_loop().create_task(self._resync(message_id))
+            return
+        await self._forward(message_id, fresh)
+
+    async def _forward(self, message_id, events):
+        self.sent_seq[message_id] = events[-1]["seq"]
+        await self.send_json({"type": "events", "message": message_id, "events": events})
+        if any(e["kind"] == "done" for e in events):
+            await self._send_final(message_id)
+
+    async def _resync(self, message_id):
+        held = self.gaps[message_id]
+        first = held[0]["seq"]
+        for _ in range(RESYNC_TRIES):
+            snap = await self._snapshot(message_id)
+            if snap is None:
+                break
+            if snap["seq"] >= first - 1 or snap["status"] not in Message.ACTIVE:
+                break
+            await asyncio.sleep(RESYNC_WAIT)
+            held = self.gaps[message_id]
+        held = self.gaps.pop(message_id, [])
+        if snap is None:
+            return
+        await self.send_json(snap)
+        self.sent_seq[message_id] = snap["seq"]
+        if snap["status"] not in Message.ACTIVE:
+            return await self._send_final(message_id)
+        rest = [e for e in held if e["seq"] > snap["seq"]]
+        if rest:
+            await self._forward(message_id, rest)
+
+    async def _send_snapshot(self, message_id):
+        snap = await self._snapshot(message_id)
+        if snap is None:
+            return await self.error("No such message.", action="resume")
+        self.sent_seq[message_id] = snap["seq"]
+        await self.send_json(snap)
+        if snap["status"] not in Message.ACTIVE:
+            await self._send_final(message_id)
+
+    @database_sync_to_async
+    def _snapshot(self, message_id):
+        m = Message.objects.filter(pk=message_id, conversation_id=self.conversation_id).first()
+        if m is None:
+            return None
+        return {"type": "snapshot", "message": m.pk, "seq": m.stream_seq, "status": m.status,
+                "content": m.content, "reasoning": m.reasoning}
+
+    async def _send_final(self, message_id):
+        html = await self._message_html(message_id)
+        if html is not None:
+            await self.send_json({"type": "final", "message": message_id, "html": html})
+
+    @database_sync_to_async
+    def _message_html(self, message_id):
+        m = Message.objects.filter(pk=message_id, conversation_id=self.conversation_id).first()
+        return None if m is None else render_message(m, user=self.user)
+
+    @database_sync_to_async
+    def _thread(self):
+        conv = Conversation.objects.get(pk=self.conversation_id)
+        return render_thread(conv, user=self.user), conv.title

@@ -1,0 +1,102 @@
+"""Conversations and their messages, one row per message; branches through ``parent``."""
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Conversation(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=200, default="New chat")
+    model = models.CharField(max_length=100)
+    system_prompt = models.TextField(blank=True, default="")
+    temperature = models.FloatField(default=0.7)
+    top_p = models.FloatField(default=0.95)
+    max_tokens = models.PositiveIntegerField(default=1024)
+    thinking = models.BooleanField(default=True)
+    # The message at the tip of the branch being shown; older branches stay reachable.
+    current_leaf = models.ForeignKey("Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["owner", "-updated_at"])]
+
+    def __str__(self):
+        return self.title
+
+    @property
+    def group_name(self):
+        return f"conv.{self.pk}"
+
+    def touch(self):
+        self.updated_at = timezone.now()
+        Conversation.objects.filter(pk=self.pk).update(updated_at=self.updated_at)
+
+    def branch(self, leaf=None):
+        """Messages from the root to ``leaf`` (default: the current leaf), oldest first."""
+        leaf = leaf or self.current_leaf
+        if leaf is None:
+            return []
+        by_id = {m.id: m for m in self.messages.all()}
+        path, node = [], by_id.get(leaf.id)
+        while node is not None:
+            path.append(node)
+            node = by_id.get(node.parent_id)
+        return path[::-1]
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        STREAMING = "streaming"
+        DONE = "done"
+        STOPPED = "stopped"
+        ERROR = "error"
+        INTERRUPTED = "interrupted"
+
+    ACTIVE = (Status.PENDING, Status.STREAMING)
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True, default="")
+    reasoning = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DONE)
+    error = models.TextField(blank=True, default="")
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    ttft = models.FloatField(null=True, blank=True, help_text="seconds to the first token")
+    tokens_per_second = models.FloatField(null=True, blank=True)
+    reasoning_seconds = models.FloatField(null=True, blank=True)
+    dropped_turns = models.PositiveIntegerField(default=0)
+    model_name = models.CharField(max_length=100, blank=True, default="")
+    backend_name = models.CharField(max_length=100, blank=True, default="")
+    worker_id = models.CharField(max_length=200, blank=True, default="")
+    # The last streamed event folded into ``content``/``reasoning``: resuming clients replay after it.
+    stream_seq = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(fields=["conversation", "created_at"]),
+            models.Index(fields=["status", "updated_at"]),
+        ]
+
+    def __str__(self):
+        return f"{self.role} #{self.pk}"
+
+    @property
+    def is_active(self):
+        return self.status in self.ACTIVE
+
+    def siblings(self):
+        return Message.objects.filter(conversation_id=self.conversation_id, parent_id=self.parent_id,
+                                      role=self.role).order_by("created_at", "id")

@@ -1,0 +1,45 @@
+"""Server-rendered fragments shared by the views and the websocket consumer."""
+from django.template.loader import render_to_string
+
+from inference.models import get_model, model_features, UnknownModel
+
+from .markdown import render_markdown
+from .models import Message
+
+
+def message_context(message, siblings=None):
+    siblings = list(siblings if siblings is not None else message.siblings().values_list("id", flat=True))
+    index = siblings.index(message.id) if message.id in siblings else 0
+    return {
+        "m": message,
+        "html": render_markdown(message.content) if message.role == Message.Role.ASSISTANT else None,
+        "sibling_ids": siblings,
+        "sibling_index": index + 1,
+        "prev_sibling": siblings[index - 1] if index > 0 else None,
+        "next_sibling": siblings[index + 1] if index + 1 < len(siblings) else None,
+    }
+
+
+def render_message(message, user=None):
+    return render_to_string("chat/_message.html", message_context(message), request=None)
+
+
+def thread_context(conversation):
+    branch = conversation.branch()
+    by_parent = {}
+    for m in conversation.messages.only("id", "parent_id", "role", "created_at").order_by("created_at", "id"):
+        by_parent.setdefault((m.parent_id, m.role), []).append(m.id)
+    items = [message_context(m, by_parent.get((m.parent_id, m.role), [m.id])) for m in branch]
+    return {"conversation": conversation, "items": items,
+            "last_assistant": next((m for m in reversed(branch) if m.role == Message.Role.ASSISTANT), None)}
+
+
+def render_thread(conversation, user=None):
+    return render_to_string("chat/_thread.html", thread_context(conversation))
+
+
+def conversation_features(conversation):
+    try:
+        return model_features(get_model(conversation.model))
+    except UnknownModel:
+        return []

@@ -1,0 +1,64 @@
+"""The job store behind the generation service: a job is an assistant Message row."""
+from django.db import transaction
+from django.utils import timezone
+
+from inference.backends import GenerationRequest, SamplingParams
+from inference.service import JobStore
+
+from .models import Conversation, Message
+
+
+def history_for(message):
+    """The turns a reply to ``message.parent`` is conditioned on: the branch above it,
+    without failed or empty answers."""
+    conversation = message.conversation
+    turns = []
+    for m in conversation.branch(message.parent) if message.parent_id else []:
+        if m.role == Message.Role.ASSISTANT and (m.status == Message.Status.ERROR or not m.content):
+            continue
+        turns.append({"role": m.role, "content": m.content, "reasoning": m.reasoning})
+    return turns
+
+
+class MessageStore(JobStore):
+    def claim(self, job_id, worker_id):
+        updated = Message.objects.filter(pk=job_id, status=Message.Status.PENDING).update(
+            status=Message.Status.STREAMING, worker_id=worker_id, updated_at=timezone.now())
+        if not updated:
+            return None
+        message = Message.objects.select_related("conversation").get(pk=job_id)
+        conv = message.conversation
+        return GenerationRequest(
+            id=str(message.pk),
+            model=message.model_name or conv.model,
+            messages=history_for(message),
+            system_prompt=conv.system_prompt,
+            params=SamplingParams(temperature=conv.temperature, top_p=conv.top_p, max_tokens=conv.max_tokens),
+            thinking=conv.thinking,
+            group=conv.group_name,
+        )
+
+    def save_progress(self, job_id, text, reasoning, seq):
+        Message.objects.filter(pk=job_id, status=Message.Status.STREAMING).update(
+            content=text, reasoning=reasoning, stream_seq=seq, updated_at=timezone.now())
+
+    def finish(self, job_id, result):
+        now = timezone.now()
+        with transaction.atomic():
+            Message.objects.filter(pk=job_id).update(
+                content=result.text,
+                reasoning=result.reasoning,
+                status=result.status,
+                error=result.error,
+                prompt_tokens=result.prompt_tokens or None,
+                completion_tokens=result.completion_tokens,
+                ttft=result.ttft,
+                tokens_per_second=result.tokens_per_second,
+                reasoning_seconds=result.reasoning_seconds,
+                dropped_turns=result.dropped_turns,
+                backend_name=result.backend,
+                stream_seq=result.seq,
+                updated_at=now,
+                finished_at=now,
+            )
+            Conversation.objects.filter(messages__pk=job_id).update(updated_at=now)

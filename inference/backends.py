@@ -1,0 +1,107 @@
+"""What a backend is: the interface the generation service talks to, and the request types.
+
+A backend instance lives in one worker process and may be asked to serve several requests at
+once (a batching engine is planned), so the contract is "submit a request, iterate its
+chunks"; an implementation without batching serialises requests behind its own lock.
+"""
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Union
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 1024
+    seed: Optional[int] = None
+    stop: list = field(default_factory=list)
+
+
+@dataclass
+class GenerationRequest:
+    id: str
+    model: str
+    messages: list  # [{"role": ..., "content": ..., "reasoning": ...}], oldest first
+    system_prompt: str = ""
+    params: SamplingParams = field(default_factory=SamplingParams)
+    thinking: bool = False  # the user's toggle; plugins turn it into template flags
+    template_kwargs: dict = field(default_factory=dict)
+    features: list = field(default_factory=list)
+    group: str = ""  # channel-layer group that receives the events
+    # Set by the service: how many of the oldest turns were left out to fit the context.
+    dropped_turns: int = 0
+
+    def chat_messages(self):
+        """Messages in the shape chat templates expect, system prompt first."""
+        out = []
+        if self.system_prompt:
+            out.append({"role": "system", "content": self.system_prompt})
+        for m in self.messages:
+            item = {"role": m["role"], "content": m["content"]}
+            if m.get("reasoning"):
+                item["reasoning_content"] = m["reasoning"]
+            out.append(item)
+        return out
+
+
+@dataclass
+class Delta:
+    text: str
+
+
+@dataclass
+class Finish:
+    reason: str  # "stop" (end of turn or stop string), "length" (max_tokens) or "stopped" (user)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+Chunk = Union[Delta, Finish]
+
+
+class PromptTooLong(ValueError):
+    def __init__(self, tokens, limit):
+        super().__init__(f"the prompt is {tokens} tokens but the model's context holds {limit}")
+        self.tokens, self.limit = tokens, limit
+
+
+class BackendError(RuntimeError):
+    """A failure worth showing to the user as the message's error text."""
+
+
+class Backend(ABC):
+    """One model, loaded once per worker process."""
+
+    name = "backend"
+
+    def __init__(self, model):
+        self.model = model
+
+    @abstractmethod
+    def load(self) -> None:
+        """Validate and load the model; raise with a clear message when that is impossible."""
+
+    @abstractmethod
+    def render_prompt(self, request: GenerationRequest) -> str:
+        """The exact prompt text for ``request`` (chat template applied)."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        ...
+
+    @property
+    @abstractmethod
+    def context_size(self) -> int:
+        ...
+
+    @abstractmethod
+    def submit(self, request: GenerationRequest, prompt: str,
+               should_stop: Callable[[], bool]) -> Iterator[Chunk]:
+        """Generate for ``prompt``: yield Delta chunks and exactly one Finish, last.
+
+        ``should_stop`` is checked before the first token and at every step.
+        """
+
+    def close(self) -> None:
+        pass

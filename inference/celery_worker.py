@@ -1,0 +1,53 @@
+"""Celery device-worker start-up: load this device's models once, before any task, or die loudly."""
+import logging
+import os
+import sys
+
+from celery.signals import worker_init, worker_process_init, worker_shutdown
+
+from .engine import get_engine
+from .workers import Heartbeat, make_worker_id
+from .worker_state import set_process_worker_id
+
+logger = logging.getLogger(__name__)
+_heartbeat = None
+
+
+def device():
+    return os.environ.get("SMOLSITE_DEVICE", "cpu")
+
+
+def start_worker_process():
+    global _heartbeat
+    if _heartbeat is not None:
+        return
+    dev = device()
+    try:
+        get_engine().load_device(dev)
+    except Exception as exc:
+        logger.critical("device worker %s cannot load its models: %s", dev, exc)
+        print(f"smolsite: device worker {dev!r} cannot load its models: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(3)
+    worker_id = make_worker_id(dev)
+    set_process_worker_id(worker_id)
+    _heartbeat = Heartbeat(worker_id, dev, get_engine().loaded_models).start()
+    logger.info("device worker %s ready with %s", worker_id, get_engine().loaded_models())
+
+
+@worker_process_init.connect
+def _on_child_start(**kwargs):  # prefork pool: each child holds the model
+    start_worker_process()
+
+
+@worker_init.connect
+def _on_worker_init(sender=None, **kwargs):  # solo/threads pool: the main process holds it
+    pool = getattr(sender, "pool_cls", "")
+    pool_name = f"{getattr(pool, '__module__', '')}.{getattr(pool, '__name__', pool)}".lower()
+    if "prefork" not in pool_name:
+        start_worker_process()
+
+
+@worker_shutdown.connect
+def _on_shutdown(**kwargs):
+    if _heartbeat is not None:
+        _heartbeat.stop()

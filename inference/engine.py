@@ -1,0 +1,85 @@
+"""The models this process holds: one backend instance per model, loaded once per process."""
+import atexit
+import logging
+import threading
+
+from .backends import BackendError
+from .models import all_models, get_model, models_for_device
+from .plugins import get_plugin_manager
+
+logger = logging.getLogger(__name__)
+
+
+def registered_backends():
+    backends = {}
+
+    def register(name, backend_class):
+        backends[name] = backend_class
+
+    get_plugin_manager().hook.register_backends(register=register)
+    return backends
+
+
+def create_backend(model):
+    backends = registered_backends()
+    name = model.backend or get_plugin_manager().hook.choose_backend(model=model, backends=backends)
+    if not name:
+        raise BackendError(f"no backend plugin can run model {model.name!r} ({model.path})")
+    if name not in backends:
+        raise BackendError(f"model {model.name!r} asks for backend {name!r}, which no plugin registers "
+                           f"(registered: {', '.join(sorted(backends)) or 'none'})")
+    return backends[name](model)
+
+
+class Engine:
+    def __init__(self):
+        self._backends = {}
+        self._lock = threading.Lock()
+
+    def load(self, models):
+        """Load each model once; raise on the first that cannot load (fail loudly at start)."""
+        for model in models:
+            with self._lock:
+                if model.name in self._backends:
+                    continue
+            backend = create_backend(model)
+            logger.info("loading model %s with backend %s from %s", model.name, backend.name, model.path)
+            backend.load()
+            with self._lock:
+                self._backends[model.name] = backend
+
+    def load_device(self, device):
+        models = models_for_device(device)
+        if not models:
+            raise BackendError(f"no models are configured for device {device!r}")
+        self.load(models)
+
+    def backend(self, model_name):
+        with self._lock:
+            backend = self._backends.get(model_name)
+        if backend is None:
+            known = {m.name for m in all_models()}
+            if model_name not in known:
+                raise BackendError(f"unknown model {model_name!r}")
+            raise BackendError(f"model {model_name!r} is not loaded on this worker "
+                               f"(device {get_model(model_name).device})")
+        return backend
+
+    def loaded_models(self):
+        with self._lock:
+            return sorted(self._backends)
+
+    def unload_all(self):
+        with self._lock:
+            backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            backend.close()
+
+
+_engine = Engine()
+# Free models before the interpreter tears down the modules llama-cpp-python's destructor needs.
+atexit.register(_engine.unload_all)
+
+
+def get_engine():
+    return _engine

@@ -1,0 +1,66 @@
+"""The hooks a smolsite plugin can implement. Every hook is documented in docs/plugins.md.
+
+Hooks run once per request or per process, never once per token: per-token work belongs in the
+stream filter object a plugin returns from ``register_stream_filters``.
+"""
+from pluggy import HookimplMarker, HookspecMarker
+
+hookspec = HookspecMarker("smolsite")
+hookimpl = HookimplMarker("smolsite")
+
+
+@hookspec
+def register_backends(register):
+    """Register backend classes: call ``register(name, backend_class)`` for each.
+
+    A backend class is constructed with a ``ModelConfig`` and must implement
+    ``inference.backends.Backend``.
+    """
+
+
+@hookspec(firstresult=True)
+def choose_backend(model, backends):
+    """Return the name of the backend to run ``model`` (a ``ModelConfig``), or None to pass.
+
+    ``backends`` maps registered backend names to classes.
+    """
+
+
+@hookspec
+def model_features(model, info):
+    """Return a list of feature names (e.g. ``"thinking"``) that ``model`` supports.
+
+    ``info`` is the model's ``GGUFInfo`` (metadata read from the file header) or None.
+    """
+
+
+@hookspec
+def prepare_request(request, model, info):
+    """Adjust a ``GenerationRequest`` before its prompt is rendered: system prompt,
+    chat-template keyword arguments (``request.template_kwargs``), sampling parameters.
+    """
+
+
+@hookspec
+def register_stream_filters(request, model, info):
+    """Return a stream filter for this request, or None.
+
+    A stream filter has ``feed(text) -> list[(kind, text)]`` and ``finish() -> list[(kind, text)]``;
+    kinds are ``"text"`` and ``"reasoning"``. Filters are chained in registration order.
+    """
+
+
+@hookspec
+def generation_started(request):
+    """Observe the start of a generation (called in the worker, once per request)."""
+
+
+@hookspec
+def generation_finished(request, result):
+    """Observe the end of a generation; ``result`` is a ``GenerationResult`` with status,
+    token usage and timings. Called once per request, whatever the outcome."""
+
+
+@hookspec
+def register_routes():
+    """Return a list of Django URL patterns to mount at the site root (e.g. ``/metrics``)."""

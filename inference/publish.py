@@ -1,0 +1,101 @@
+"""Numbered, batched events from a generation to a channel-layer group.
+
+The generation thread never waits on the network: batches are handed to an event loop that
+sends them in order (the web server's loop when the worker is in-process, a loop thread of
+the worker's own otherwise). One send per flush, never per token.
+"""
+import asyncio
+import logging
+import threading
+import time
+
+from channels.layers import get_channel_layer
+
+logger = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 0.025
+EVENT_TYPE = "gen.events"  # handled by the consumer's gen_events method
+
+_local = threading.local()
+_loop_thread = None
+_loop_thread_lock = threading.Lock()
+
+
+def set_thread_loop(loop):
+    """Embedded worker: publish on the web server's loop (the in-memory layer lives there)."""
+    _local.loop = loop
+
+
+def _own_loop():
+    global _loop_thread
+    with _loop_thread_lock:
+        if _loop_thread is None:
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="smolsite-publish", daemon=True)
+            thread.start()
+            _loop_thread = (loop, thread)
+        return _loop_thread[0]
+
+
+def publish_loop():
+    return getattr(_local, "loop", None) or _own_loop()
+
+
+class Publisher:
+    def __init__(self, group, message_id, layer=None, loop=None, flush_seconds=FLUSH_SECONDS):
+        self.group = group
+        self.message_id = message_id
+        self.layer = layer or get_channel_layer()
+        self.loop = loop or publish_loop()
+        self.flush_seconds = flush_seconds
+        self.seq = 0
+        self._pending = []
+        self._last_flush = 0.0
+        self._lock = None
+        self._futures = []
+
+    def emit(self, kind, text="", **data):
+        """Queue an event; consecutive text of one kind merges into one event."""
+        if kind in ("text", "reasoning") and self._pending and self._pending[-1]["kind"] == kind:
+            self._pending[-1]["text"] += text
+        else:
+            event = {"kind": kind, **data}
+            if kind in ("text", "reasoning"):
+                event["text"] = text
+            self._pending.append(event)
+
+    def due(self):
+        return bool(self._pending) and time.monotonic() - self._last_flush >= self.flush_seconds
+
+    def flush(self):
+        """Number the pending events and hand them to the loop; returns the last seq sent."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return self.seq
+        events, self._pending = self._pending, []
+        for event in events:
+            self.seq += 1
+            event["seq"] = self.seq
+        payload = {"type": EVENT_TYPE, "message": self.message_id, "events": events}
+        if self.group and self.layer is not None:
+            future = asyncio.run_coroutine_threadsafe(self._send(payload), self.loop)
+            self._futures = [f for f in self._futures if not f.done()] + [future]
+        return self.seq
+
+    async def _send(self, payload):
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            try:
+                await self.layer.group_send(self.group, payload)
+            except Exception:  # a lost batch is recoverable from the database snapshot
+                logger.exception("could not publish events for message %s", self.message_id)
+
+    def close(self, timeout=10):
+        self.flush()
+        for future in self._futures:
+            try:
+                future.result(timeout)
+            except Exception:
+                logger.exception("publishing did not finish for message %s", self.message_id)
+        self._futures = []

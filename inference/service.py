@@ -1,0 +1,215 @@
+"""The generation service: runs one request on a loaded backend, applies plugin stream
+filters, publishes numbered event batches and saves progress through a job store.
+
+Both the Celery task (scaled out) and the in-process worker (embedded) call ``run_job``.
+"""
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from .backends import BackendError, Delta, Finish, PromptTooLong
+from .engine import get_engine
+from .models import model_info
+from .plugins import get_plugin_manager
+from .publish import Publisher
+from .stop import StopChecker, clear_stop
+
+logger = logging.getLogger(__name__)
+
+SAVE_SECONDS = 1.0  # partial text reaches the database at least this often
+
+
+@dataclass
+class GenerationResult:
+    status: str = "done"  # done | stopped | error
+    error: str = ""
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft: Optional[float] = None  # seconds from start of the job to the first token
+    tokens_per_second: Optional[float] = None
+    duration: float = 0.0
+    reasoning_seconds: Optional[float] = None
+    model: str = ""
+    backend: str = ""
+    dropped_turns: int = 0
+    text: str = field(default="", repr=False)
+    reasoning: str = field(default="", repr=False)
+    seq: int = 0
+
+    def stats(self):
+        data = asdict(self)
+        data.pop("text")
+        data.pop("reasoning")
+        return data
+
+
+class JobStore:
+    """Where requests come from and results go (chat.store.MessageStore in this project)."""
+
+    def claim(self, job_id, worker_id):  # -> GenerationRequest | None
+        raise NotImplementedError
+
+    def save_progress(self, job_id, text, reasoning, seq):
+        raise NotImplementedError
+
+    def finish(self, job_id, result):
+        raise NotImplementedError
+
+
+def get_store():
+    return import_string(getattr(settings, "SMOLSITE_JOB_STORE", "chat.store.MessageStore"))()
+
+
+def fit_prompt(backend, request):
+    """Render the prompt, leaving out the oldest turns when the history is longer than the
+    context can hold next to the answer; the count left out is kept on the request."""
+    n_ctx = backend.context_size
+    reserve = max(1, min(request.params.max_tokens, n_ctx // 4))
+    while True:
+        prompt = backend.render_prompt(request)
+        tokens = backend.count_tokens(prompt)
+        if tokens + reserve <= n_ctx:
+            request.params.max_tokens = max(1, min(request.params.max_tokens, n_ctx - tokens))
+            return prompt, tokens
+        if len(request.messages) <= 1:
+            raise PromptTooLong(tokens, n_ctx - reserve)
+        # Drop the oldest message, and keep dropping until a user turn leads the history.
+        request.messages.pop(0)
+        request.dropped_turns += 1
+        while len(request.messages) > 1 and request.messages[0]["role"] != "user":
+            request.messages.pop(0)
+            request.dropped_turns += 1
+
+
+class _FilterChain:
+    def __init__(self, filters):
+        self.filters = filters
+
+    def feed(self, text):
+        items = [("text", text)]
+        for f in self.filters:
+            items = self._through(f, items)
+        return items
+
+    def finish(self):
+        items = []
+        for f in self.filters:
+            items = self._through(f, items) + list(f.finish())
+        return items
+
+    @staticmethod
+    def _through(f, items):
+        out = []
+        for kind, text in items:
+            out.extend(f.feed(text) if kind == "text" else [(kind, text)])
+        return out
+
+
+class GenerationService:
+    def __init__(self, engine=None, store=None, publisher_factory=Publisher):
+        self.engine = engine or get_engine()
+        self.store = store
+        self.publisher_factory = publisher_factory
+
+    def run(self, request):
+        pm = get_plugin_manager()
+        pub = self.publisher_factory(request.group, request.id)
+        should_stop = StopChecker(request.id)
+        result = GenerationResult(model=request.model)
+        text, reasoning = [], []
+        started = time.monotonic()
+        first_token_at = last_save = None
+        reasoning_started = reasoning_ended = None
+        pub.emit("start", model=request.model)
+        pub.flush()
+        pm.hook.generation_started(request=request)
+        try:
+            if should_stop():
+                result.status, result.finish_reason = "stopped", "stopped"
+            else:
+                backend = self.engine.backend(request.model)
+                result.backend = backend.name
+                info = model_info(backend.model)
+                pm.hook.prepare_request(request=request, model=backend.model, info=info)
+                prompt, result.prompt_tokens = fit_prompt(backend, request)
+                result.dropped_turns = request.dropped_turns
+                if request.dropped_turns:
+                    pub.emit("notice", dropped_turns=request.dropped_turns)
+                chain = _FilterChain([f for f in pm.hook.register_stream_filters(
+                    request=request, model=backend.model, info=info) if f is not None])
+                for chunk in backend.submit(request, prompt, should_stop):
+                    if isinstance(chunk, Finish):
+                        result.finish_reason = chunk.reason
+                        result.completion_tokens = chunk.completion_tokens
+                        result.prompt_tokens = chunk.prompt_tokens or result.prompt_tokens
+                        if chunk.reason == "stopped":
+                            result.status = "stopped"
+                        continue
+                    if first_token_at is None:
+                        first_token_at = time.monotonic()
+                        last_save = first_token_at
+                    for kind, piece in chain.feed(chunk.text):
+                        if not piece:
+                            continue
+                        if kind == "reasoning":
+                            reasoning.append(piece)
+                            reasoning_started = reasoning_started or time.monotonic()
+                        else:
+                            text.append(piece)
+                            if reasoning_started and not reasoning_ended:
+                                reasoning_ended = time.monotonic()
+                        pub.emit(kind, piece)
+                    # The first token goes out at once (time to first token); later ones in batches.
+                    if pub.seq <= 1 or pub.due():
+                        seq = pub.flush()
+                        now = time.monotonic()
+                        if now - last_save >= SAVE_SECONDS:
+                            last_save = now
+                            self.store.save_progress(request.id, "".join(text), "".join(reasoning), seq)
+                for kind, piece in chain.finish():
+                    if piece:
+                        (reasoning if kind == "reasoning" else text).append(piece)
+                        pub.emit(kind, piece)
+        except (PromptTooLong, BackendError) as exc:
+            result.status, result.error = "error", str(exc)
+        except Exception as exc:  # anything else still ends the message in a visible state
+            logger.exception("generation %s failed", request.id)
+            result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            ended = time.monotonic()
+            result.duration = ended - started
+            if first_token_at is not None:
+                result.ttft = first_token_at - started
+                if result.completion_tokens > 1 and ended > first_token_at:
+                    result.tokens_per_second = (result.completion_tokens - 1) / (ended - first_token_at)
+            if reasoning_started:
+                result.reasoning_seconds = (reasoning_ended or ended) - reasoning_started
+            result.text, result.reasoning = "".join(text), "".join(reasoning)
+            result.seq = pub.flush()
+            self._finish(request, result, pub)
+            clear_stop(request.id)
+            pm.hook.generation_finished(request=request, result=result)
+        return result
+
+    def _finish(self, request, result, pub):
+        try:
+            self.store.finish(request.id, result)
+        except Exception:
+            logger.exception("could not save the result of %s", request.id)
+        # Persisted before "done" goes out, so a client that reloads on "done" sees the final row.
+        pub.emit("done", status=result.status, error=result.error, stats=result.stats())
+        pub.close()
+
+
+def run_job(job_id, worker_id=""):
+    store = get_store()
+    request = store.claim(job_id, worker_id)
+    if request is None:
+        logger.info("job %s is gone or already finished; skipping", job_id)
+        return None
+    return GenerationService(store=store).run(request)

@@ -1,0 +1,10 @@
+"""Celery tasks: thin wrappers over the generation service."""
+from celery import shared_task
+
+from .service import run_job
+from .worker_state import current_worker_id
+
+
+@shared_task(name="smolsite.generate", ignore_result=True)
+def generate(job_id):
+    run_job(job_id, current_worker_id())

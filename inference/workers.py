@@ -1,0 +1,68 @@
+"""Which device workers are alive and what they hold: heartbeats in Django's cache."""
+import os
+import socket
+import threading
+import time
+
+from django.core.cache import cache
+
+HEARTBEAT_SECONDS = 5
+TTL = 20
+INDEX_KEY = "smolsite:workers"
+
+
+def _key(worker_id):
+    return f"smolsite:worker:{worker_id}"
+
+
+def make_worker_id(device):
+    return f"{device}@{socket.gethostname()}:{os.getpid()}"
+
+
+def beat(worker_id, device, models):
+    cache.set(_key(worker_id), {"id": worker_id, "device": device, "models": list(models),
+                                "at": time.time()}, TTL)
+    index = set(cache.get(INDEX_KEY) or [])
+    if worker_id not in index:
+        index.add(worker_id)
+        cache.set(INDEX_KEY, sorted(index), None)
+
+
+def forget(worker_id):
+    cache.delete(_key(worker_id))
+
+
+def alive_workers():
+    index = cache.get(INDEX_KEY) or []
+    found = cache.get_many([_key(w) for w in index])
+    return [found[_key(w)] for w in index if _key(w) in found]
+
+
+def is_alive(worker_id):
+    return cache.get(_key(worker_id)) is not None
+
+
+class Heartbeat:
+    """Beats from a daemon thread while the worker lives."""
+
+    def __init__(self, worker_id, device, models_fn):
+        self.worker_id, self.device, self.models_fn = worker_id, device, models_fn
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self):
+        beat(self.worker_id, self.device, self.models_fn())
+        self._thread = threading.Thread(target=self._run, name="smolsite-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                beat(self.worker_id, self.device, self.models_fn())
+            except Exception:  # the cache may be briefly unreachable; try again next beat
+                pass
+
+    def stop(self):
+        self._stop.set()
+        forget(self.worker_id)

@@ -1,0 +1,1 @@
+"""SmolLM3 thinking extension (being built)."""

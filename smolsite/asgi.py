@@ -1,0 +1,35 @@
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "smolsite.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from chat.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        # Static files are served by the app itself: one process, nothing else to set up.
+        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    }
+)
+
+if settings.SMOLSITE_EMBEDDED_WORKER and not settings.REDIS_URL:
+    from chat.reaper import start_reaper, reap_embedded_leftovers
+    from inference.embedded import start_all
+
+    reap_embedded_leftovers()
+    start_all()
+    start_reaper()
+elif os.environ.get("SMOLSITE_REAPER", "1") == "1":
+    from chat.reaper import start_reaper
+
+    start_reaper()

@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from inference import health
+from inference.plugins import get_plugin_manager
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("", include("chat.urls")),
+]
+# Plugins mount their own pages (e.g. the metrics plugin's /metrics).
+for routes in get_plugin_manager().hook.register_routes():
+    urlpatterns[:0] = routes or []

@@ -1,0 +1,14 @@
+"""Adds a "hello" feature to every model and prefixes the system prompt, so tests can see it ran."""
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("smolsite")
+
+
+@hookimpl
+def model_features(model, info):
+    return ["hello"]
+
+
+@hookimpl
+def prepare_request(request, model, info):
+    request.system_prompt = ("Say hello. " + request.system_prompt).strip()
