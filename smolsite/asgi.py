@@ -1,4 +1,5 @@
 import os
+import sys
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "smolsite.settings")
 
@@ -22,14 +23,8 @@ application = ProtocolTypeRouter(
     }
 )
 
-if settings.SMOLSITE_EMBEDDED_WORKER and not settings.REDIS_URL:
-    from chat.reaper import start_reaper, reap_embedded_leftovers
-    from inference.embedded import start_all
+# Tests start workers themselves; a served process starts its reaper (and, embedded, its worker).
+if not hasattr(sys, "_called_from_test"):
+    from smolsite.startup import start_services
 
-    reap_embedded_leftovers()
-    start_all()
-    start_reaper()
-elif os.environ.get("SMOLSITE_REAPER", "1") == "1":
-    from chat.reaper import start_reaper
-
-    start_reaper()
+    start_services()

@@ -1,0 +1,106 @@
+"""The chat websocket consumer, driven by channels' WebsocketCommunicator against the real
+SmolLM2 model in the in-process device worker."""
+import asyncio
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+
+from chat.models import Conversation, Message
+from smolsite.asgi import application
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+@database_sync_to_async
+def make_conversation(username="alice", **kwargs):
+    user = get_user_model().objects.create_user(username, password="pw-123456789")
+    conv = Conversation.objects.create(owner=user, model="smollm2-135m", temperature=0.0, **kwargs)
+    return user, conv
+
+
+async def connect(user, conv_id):
+    comm = WebsocketCommunicator(application, f"/ws/chat/{conv_id}/", headers=[(b"origin", b"http://127.0.0.1")])
+    comm.scope["user"] = user
+    connected, code = await comm.connect()
+    return comm, connected, code
+
+
+async def receive_until(comm, predicate, timeout=60):
+    frames = []
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = json.loads(await comm.receive_from(timeout=timeout))
+            frames.append(frame)
+            if predicate(frame):
+                return frames
+
+
+def is_final(frame):
+    return frame["type"] == "final"
+
+
+def text_of(frames, message_id):
+    text, last = "", 0
+    for f in frames:
+        if f["type"] == "snapshot" and f["message"] == message_id:
+            text, last = f["content"], f["seq"]
+        if f["type"] == "events" and f["message"] == message_id:
+            for e in f["events"]:
+                assert e["seq"] > last, "duplicate or out-of-order event"
+                assert e["seq"] == last + 1, "gap in the event sequence"
+                last = e["seq"]
+                if e["kind"] == "text":
+                    text += e["text"]
+    return text
+
+
+async def test_send_streams_real_tokens_and_persists(loaded_engine):
+    user, conv = await make_conversation(max_tokens=24)
+    comm, connected, _ = await connect(user, conv.pk)
+    assert connected
+    await comm.send_json_to({"action": "send", "content": "Name three colours."})
+    frames = await receive_until(comm, is_final)
+    thread = next(f for f in frames if f["type"] == "thread")
+    reply_id = thread["active"]
+    streamed = text_of(frames, reply_id)
+    message = await database_sync_to_async(Message.objects.get)(pk=reply_id)
+    assert message.status == "done"
+    assert streamed == message.content and message.content.strip()
+    assert message.completion_tokens == 24 or message.completion_tokens < 24
+    assert message.prompt_tokens > 10
+    assert message.ttft is not None and message.tokens_per_second > 0
+    await comm.disconnect()
+
+
+async def test_other_users_conversation_is_refused(loaded_engine):
+    _, conv = await make_conversation("owner")
+    intruder = await database_sync_to_async(get_user_model().objects.create_user)("mallory", password="pw-123456789")
+    comm, connected, code = await connect(intruder, conv.pk)
+    assert not connected
+    assert code == 4403
+
+
+@pytest.mark.parametrize("payload, expected", [
+    ("not json", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    (json.dumps({"action": "dance"}), "Unknown action"),
+    (json.dumps({"action": "send", "content": "   "}), "empty message"),
+    (json.dumps({"action": "edit", "message": "abc", "content": "x"}), "Malformed"),
+    (json.dumps({"action": "send", "content": "x" * 70000}), "too large"),
+])
+async def test_malformed_frames_get_an_error_and_write_nothing(loaded_engine, payload, expected):
+    user, conv = await make_conversation()
+    comm, connected, _ = await connect(user, conv.pk)
+    assert connected
+    await comm.send_to(text_data=payload)
+    frame = json.loads(await comm.receive_from(timeout=10))
+    assert frame["type"] == "error" and expected in frame["error"]
+    assert await database_sync_to_async(Message.objects.filter(conversation=conv).count)() == 0
+    # The socket stays usable.
+    await comm.send_to(text_data=json.dumps({"action": "stop"}))
+    frame = json.loads(await comm.receive_from(timeout=10))
+    assert frame["type"] == "error" and "Nothing is being generated" in frame["error"]
+    await comm.disconnect()
