@@ -65,9 +65,9 @@ class _Reader:
         length = self.take("<Q")
         if self.pos + length > len(self.buf):
             raise GGUFError(f"{self.path}: GGUF file is truncated (string runs past the end of the file)")
-        raw = self.buf[self.pos:self.pos + length]
+        raw = bytes(self.buf[self.pos:self.pos + length])
         self.pos += length
-        return bytes(raw).decode("utf-8", errors="replace")
+        return raw.decode("utf-8", errors="replace")
 
     def value(self, vtype, keep=True):
         if vtype in _SCALARS:
@@ -108,7 +108,11 @@ def read_gguf_info(path):
         if fh.read(4) != MAGIC:
             raise GGUFError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _parse(memoryview(buf), path, size)
+            view = memoryview(buf)
+            try:
+                return _parse(view, path, size)
+            finally:
+                view.release()
 
 
 def _parse(buf, path, size):
@@ -144,6 +148,5 @@ def _parse(buf, path, size):
     architecture = metadata.get("general.architecture")
     if not architecture:
         raise GGUFError(f"{path}: GGUF file has no general.architecture")
-    buf.release()
     return GGUFInfo(path=path, version=version, architecture=architecture, metadata=metadata,
                     tensor_count=tensor_count, file_size=size)

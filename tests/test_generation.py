@@ -1,0 +1,141 @@
+"""Real generation with the bundled SmolLM2-135M through the plugin path, the generation
+service and the Celery task, checked against raw llama-cpp-python on the same model."""
+import pytest
+from django.contrib.auth import get_user_model
+from llama_cpp import Llama
+
+from chat.models import Conversation, Message
+from inference.stop import request_stop
+from inference.tasks import generate
+from inference.testing import MemoryStore, RecordingPublisher, make_request, run_request
+from inference.engine import Engine
+from inference.models import ModelConfig
+from inference.service import GenerationService
+
+QUESTION = "Write a short poem about the sea."
+MAX = 40
+
+
+@pytest.fixture(scope="module")
+def raw_reference(default_model_path):
+    llm = Llama(model_path=default_model_path, n_ctx=8192, n_threads=2, verbose=False)
+    out = llm.create_chat_completion([{"role": "user", "content": QUESTION}], temperature=0.0, max_tokens=MAX)
+    llm.close()
+    return out["choices"][0]["message"]["content"], out["usage"]
+
+
+def test_service_matches_raw_llama_cpp_greedy(loaded_engine, raw_reference):
+    text, usage = raw_reference
+    result, events = run_request(loaded_engine, make_request("smollm2-135m", QUESTION, max_tokens=MAX))
+    assert result.status == "done"
+    assert result.text == text
+    assert result.prompt_tokens == usage["prompt_tokens"]
+    assert result.completion_tokens == usage["completion_tokens"]
+    assert result.backend == "llama_cpp"
+    assert result.ttft is not None and result.tokens_per_second > 0
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert "".join(e["text"] for e in events if e["kind"] == "text") == text
+    assert events[0]["kind"] == "start" and events[-1]["kind"] == "done"
+    assert events[-1]["stats"]["completion_tokens"] == usage["completion_tokens"]
+
+
+def test_special_tokens_never_reach_the_text(loaded_engine):
+    result, _ = run_request(loaded_engine, make_request("smollm2-135m", "Say hi.", max_tokens=200))
+    assert result.finish_reason == "stop"  # ended on <|im_end|>, which is not in the text
+    assert "<|im_end|>" not in result.text and "<|im_start|>" not in result.text
+
+
+def test_sampling_parameters_are_honoured(loaded_engine):
+    def run(**params):
+        return run_request(loaded_engine, make_request("smollm2-135m", QUESTION, **params))[0]
+
+    a = run(temperature=1.0, top_p=0.9, seed=7, max_tokens=20)
+    b = run(temperature=1.0, top_p=0.9, seed=7, max_tokens=20)
+    c = run(temperature=1.0, top_p=0.9, seed=8, max_tokens=20)
+    assert a.text == b.text  # same seed, same sample
+    assert a.text != c.text
+    short = run(max_tokens=5)
+    assert short.completion_tokens == 5 and short.finish_reason == "length"
+    full = run(max_tokens=MAX).text
+    word = full.split()[3]
+    cut = run(max_tokens=MAX, stop=[word])
+    assert cut.text == full[: full.index(word)] and cut.finish_reason == "stop"
+
+
+def test_stop_before_first_token(loaded_engine):
+    request = make_request("smollm2-135m", QUESTION, request_id="early", max_tokens=MAX)
+    request_stop("early")
+    result, events = run_request(loaded_engine, request)
+    assert result.status == "stopped"
+    assert result.text == "" and result.completion_tokens == 0
+    assert events[-1] == {**events[-1], "kind": "done", "status": "stopped"}
+
+
+def test_stop_mid_stream_keeps_partial_text(loaded_engine):
+    full = run_request(loaded_engine, make_request("smollm2-135m", QUESTION, max_tokens=200))[0]
+
+    class StopAfterFiveBatches(RecordingPublisher):
+        def flush(self):
+            seq = super().flush()
+            if seq == 5:
+                request_stop("mid")
+            return seq
+
+    store = MemoryStore()
+    service = GenerationService(engine=loaded_engine, store=store,
+                                publisher_factory=lambda g, m: StopAfterFiveBatches(g, m))
+    result = service.run(make_request("smollm2-135m", QUESTION, request_id="mid", max_tokens=200))
+    assert result.status == "stopped" and result.finish_reason == "stopped"
+    assert result.text and full.text.startswith(result.text) and len(result.text) < len(full.text)
+    assert 0 < result.completion_tokens < full.completion_tokens
+    assert store.results["mid"].text == result.text
+
+
+@pytest.fixture(scope="module")
+def small_context_engine(default_model_path):
+    engine = Engine()
+    engine.load([ModelConfig(name="small-ctx", path=default_model_path, n_ctx=1024)])
+    yield engine
+    engine.unload_all()
+
+
+def test_context_overflow_drops_oldest_turns(small_context_engine):
+    filler = "lorem ipsum dolor sit amet " * 15  # ~100 tokens a turn
+    request = make_request("small-ctx", "And now?", max_tokens=16)
+    history = []
+    for i in range(12):
+        history += [{"role": "user", "content": f"{i} {filler}"}, {"role": "assistant", "content": "ok"}]
+    request.messages = history + request.messages
+    result, events = run_request(small_context_engine, request)
+    assert result.status == "done"
+    assert result.dropped_turns > 0 and result.dropped_turns % 2 == 0
+    assert len(request.messages) == 25 - result.dropped_turns and request.messages[0]["role"] == "user"
+    assert result.prompt_tokens + 16 <= 1024
+    assert any(e["kind"] == "notice" and e["dropped_turns"] == result.dropped_turns for e in events)
+
+
+def test_prompt_that_cannot_fit_is_a_clear_error(loaded_engine):
+    result, _ = run_request(loaded_engine, make_request("smollm2-135m", "word " * 9000, max_tokens=16))
+    assert result.status == "error"
+    assert "the prompt is" in result.error and "context holds" in result.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_celery_task_generates_into_the_message_row(loaded_engine, raw_reference):
+    text, usage = raw_reference
+    user = get_user_model().objects.create_user("t", password="pw-123456789")
+    conv = Conversation.objects.create(owner=user, model="smollm2-135m", temperature=0.0, max_tokens=MAX)
+    question = Message.objects.create(conversation=conv, role="user", content=QUESTION)
+    reply = Message.objects.create(conversation=conv, parent=question, role="assistant", status="pending",
+                                   model_name="smollm2-135m")
+    generate.apply(args=[str(reply.pk)], throw=True)
+    reply.refresh_from_db()
+    assert reply.status == "done"
+    assert reply.content == text
+    assert reply.prompt_tokens == usage["prompt_tokens"] and reply.completion_tokens == usage["completion_tokens"]
+    assert reply.stream_seq > 1 and reply.finished_at is not None
+    # A job that is no longer pending is not run twice.
+    generate.apply(args=[str(reply.pk)], throw=True)
+    reply.refresh_from_db()
+    assert reply.content == text

@@ -1,0 +1,175 @@
+"""One test per hook (test_plugins.py checks that each hook has its test_hook_<name> here).
+Each registers a small plugin object on a fresh plugin manager and runs the real code path."""
+import pytest
+
+from inference.backends import Backend, Delta, Finish
+from inference.engine import Engine, create_backend, registered_backends
+from inference.hookspecs import hookimpl
+from inference.models import ModelConfig, model_features
+from inference.plugins import build_plugin_manager
+from inference.testing import make_request, run_request
+
+ECHO = ModelConfig(name="echo", path="", backend="echo", n_ctx=512)
+
+
+@pytest.fixture
+def pm(plugin_manager_reset):
+    manager = build_plugin_manager(blocked=[])
+    plugin_manager_reset.reset(manager)
+    return manager
+
+
+@pytest.fixture
+def echo_engine(pm, settings):
+    settings.SMOLSITE_MODELS = {**settings.SMOLSITE_MODELS, "echo": {"path": "", "backend": "echo", "n_ctx": 512}}
+    engine = Engine()
+    engine.load([ECHO])
+    return engine
+
+
+class ReverseBackend(Backend):
+    name = "reverse"
+
+    def load(self):
+        self.loaded = True
+
+    context_size = 256
+
+    def render_prompt(self, request):
+        return request.messages[-1]["content"]
+
+    def count_tokens(self, text):
+        return len(text)
+
+    def submit(self, request, prompt, should_stop):
+        for ch in prompt[::-1]:
+            yield Delta(ch)
+        yield Finish("stop", len(prompt), len(prompt))
+
+
+def test_hook_register_backends(pm):
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register):
+            register("reverse", ReverseBackend)
+
+    pm.register(Plugin(), name="reverse-plugin")
+    backends = registered_backends()
+    assert backends["reverse"] is ReverseBackend
+    assert {"llama_cpp", "echo"} <= set(backends)
+    engine = Engine()
+    engine.load([ModelConfig(name="rev", path="", backend="reverse")])
+    result, events = run_request(engine, make_request("rev", "abc"))
+    assert result.text == "cba" and result.status == "done"
+
+
+def test_hook_choose_backend(pm):
+    assert create_backend(ModelConfig(name="m", path="/x/model.gguf")).name == "llama_cpp"
+    with pytest.raises(Exception, match="no backend plugin can run"):
+        create_backend(ModelConfig(name="m", path="/x/model.onnx"))
+
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register):
+            register("reverse", ReverseBackend)
+
+        @hookimpl
+        def choose_backend(self, model, backends):
+            return "reverse" if model.path.endswith(".rev") else None
+
+    pm.register(Plugin())
+    assert create_backend(ModelConfig(name="m", path="/x/model.rev")).name == "reverse"
+    assert create_backend(ModelConfig(name="m", path="/x/model.gguf")).name == "llama_cpp"
+
+
+def test_hook_model_features(pm):
+    class Plugin:
+        @hookimpl
+        def model_features(self, model, info):
+            return ["vision"] if model.name == "eyes" else []
+
+    pm.register(Plugin())
+    assert "vision" in model_features(ModelConfig(name="eyes", path=""))
+    assert "vision" not in model_features(ModelConfig(name="other", path=""))
+
+
+def test_hook_prepare_request(echo_engine, pm):
+    seen = {}
+
+    class Plugin:
+        @hookimpl
+        def prepare_request(self, request, model, info):
+            request.system_prompt = "Be brief."
+            request.params.max_tokens = 2
+            seen["model"] = model.name
+
+    pm.register(Plugin())
+    request = make_request("echo", "one two three four")
+    result, _ = run_request(echo_engine, request)
+    assert seen["model"] == "echo"
+    assert result.text == "one two" and result.finish_reason == "length"
+    assert echo_engine.backend("echo").render_prompt(request).startswith("system: Be brief.")
+
+
+def test_hook_register_stream_filters(echo_engine, pm):
+    class Shout:
+        def __init__(self):
+            self.held = ""
+
+        def feed(self, text):
+            # Holds the last character back until finish() to prove nothing is lost.
+            out, self.held = self.held + text[:-1], text[-1:]
+            return [("text", out.upper())] if out else []
+
+        def finish(self):
+            return [("reasoning", self.held)]
+
+    class Plugin:
+        @hookimpl
+        def register_stream_filters(self, request, model, info):
+            return Shout()
+
+    pm.register(Plugin())
+    result, events = run_request(echo_engine, make_request("echo", "quiet words here"))
+    assert result.text == "QUIET WORDS HER"
+    assert result.reasoning == "e"
+    assert "".join(e["text"] for e in events if e["kind"] == "text") == "QUIET WORDS HER"
+
+
+def test_hook_generation_started(echo_engine, pm):
+    started = []
+
+    class Plugin:
+        @hookimpl
+        def generation_started(self, request):
+            started.append(request.id)
+
+    pm.register(Plugin())
+    run_request(echo_engine, make_request("echo", "hi", request_id="r-7"))
+    assert started == ["r-7"]
+
+
+def test_hook_generation_finished(echo_engine, pm):
+    finished = []
+
+    class Plugin:
+        @hookimpl
+        def generation_finished(self, request, result):
+            finished.append((request.id, result.status, result.completion_tokens, result.error))
+
+    pm.register(Plugin())
+    run_request(echo_engine, make_request("echo", "a b c", request_id="ok"))
+    run_request(echo_engine, make_request("missing-model", "a b c", request_id="bad"))
+    assert finished[0] == ("ok", "done", 3, "")
+    assert finished[1][0:2] == ("bad", "error") and "unknown model" in finished[1][3]
+
+
+@pytest.mark.django_db
+def test_hook_register_routes(echo_engine, client):
+    # The metrics plugin mounts /metrics through this hook and counts through the observers.
+    run_request(echo_engine, make_request("echo", "count these four", request_id="m1"))
+    body = client.get("/metrics").content.decode()
+    assert "smolsite_generations_started_total 1" in body
+    assert 'smolsite_generations_finished_total{status="done"} 1' in body
+    assert "smolsite_completion_tokens_total 3" in body
+    assert client.get("/metrics.json").json()["completion_tokens"] == 3
