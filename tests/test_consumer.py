@@ -104,3 +104,108 @@ async def test_malformed_frames_get_an_error_and_write_nothing(loaded_engine, pa
     frame = json.loads(await comm.receive_from(timeout=10))
     assert frame["type"] == "error" and "Nothing is being generated" in frame["error"]
     await comm.disconnect()
+
+
+def is_done_event(message_id):
+    def check(frame):
+        return frame["type"] == "final" and frame["message"] == message_id
+    return check
+
+
+async def start_generation(comm, content="Tell me a long story about a dragon."):
+    await comm.send_json_to({"action": "send", "content": content})
+    frames = await receive_until(comm, lambda f: f["type"] == "events" and any(e["kind"] == "text" for e in f["events"]))
+    reply_id = next(f for f in frames if f["type"] == "thread")["active"]
+    return reply_id, frames
+
+
+async def test_stop_mid_stream_keeps_partial_text(loaded_engine):
+    user, conv = await make_conversation(max_tokens=400)
+    comm, _, _ = await connect(user, conv.pk)
+    reply_id, frames = await start_generation(comm)
+    await comm.send_json_to({"action": "stop"})
+    frames += await receive_until(comm, is_done_event(reply_id))
+    message = await database_sync_to_async(Message.objects.get)(pk=reply_id)
+    assert message.status == "stopped"
+    assert message.content and message.completion_tokens < 400
+    assert text_of(frames, reply_id) == message.content
+    await comm.disconnect()
+
+
+async def test_second_send_while_generating_is_refused(loaded_engine):
+    user, conv = await make_conversation(max_tokens=300)
+    comm, _, _ = await connect(user, conv.pk)
+    reply_id, _ = await start_generation(comm)
+    await comm.send_json_to({"action": "send", "content": "Another question"})
+    frames = await receive_until(comm, lambda f: f["type"] == "error")
+    assert "still being generated" in frames[-1]["error"]
+    await comm.send_json_to({"action": "stop"})
+    await receive_until(comm, is_done_event(reply_id))
+    count = await database_sync_to_async(Message.objects.filter(conversation=conv).count)()
+    assert count == 2
+    await comm.disconnect()
+
+
+async def test_reconnect_mid_stream_replays_without_gap_or_duplicate(loaded_engine):
+    user, conv = await make_conversation(max_tokens=600)
+    first, _, _ = await connect(user, conv.pk)
+    reply_id, _ = await start_generation(first)
+    await first.disconnect()  # the browser went away; the generation goes on
+    await asyncio.sleep(1.2)  # let it save progress and stream on without us
+    second, connected, _ = await connect(user, conv.pk)
+    assert connected
+    frames = await receive_until(second, is_done_event(reply_id))
+    snapshot = next(f for f in frames if f["type"] == "snapshot")
+    assert snapshot["message"] == reply_id
+    assert snapshot["status"] == "streaming", "the answer finished before the reconnect; make it longer"
+    message = await database_sync_to_async(Message.objects.get)(pk=reply_id)
+    assert message.status == "done"
+    assert text_of(frames, reply_id) == message.content
+    await second.disconnect()
+
+
+async def test_every_tab_sees_the_same_stream(loaded_engine):
+    user, conv = await make_conversation(max_tokens=30)
+    tab_a, _, _ = await connect(user, conv.pk)
+    tab_b, _, _ = await connect(user, conv.pk)
+    await tab_a.send_json_to({"action": "send", "content": "Count to ten."})
+    frames_a = await receive_until(tab_a, is_final)
+    frames_b = await receive_until(tab_b, is_final)
+    reply_id = next(f for f in frames_a if f["type"] == "thread")["active"]
+    message = await database_sync_to_async(Message.objects.get)(pk=reply_id)
+    assert text_of(frames_a, reply_id) == text_of(frames_b, reply_id) == message.content
+    await tab_a.disconnect()
+    await tab_b.disconnect()
+
+
+async def test_regenerate_and_edit_make_branches(loaded_engine):
+    user, conv = await make_conversation(max_tokens=8)
+    comm, _, _ = await connect(user, conv.pk)
+    await comm.send_json_to({"action": "send", "content": "Hello there"})
+    frames = await receive_until(comm, is_final)
+    first_reply = next(f for f in frames if f["type"] == "thread")["active"]
+    await comm.send_json_to({"action": "regenerate"})
+    frames = await receive_until(comm, is_final)
+    second_reply = next(f for f in frames if f["type"] == "thread")["active"]
+    assert second_reply != first_reply
+
+    @database_sync_to_async
+    def state():
+        a, b = Message.objects.get(pk=first_reply), Message.objects.get(pk=second_reply)
+        return a.parent_id, b.parent_id, [m.pk for m in Conversation.objects.get(pk=conv.pk).branch()]
+
+    parent_a, parent_b, branch = await state()
+    assert parent_a == parent_b and branch[-1] == second_reply and first_reply not in branch
+    await comm.send_json_to({"action": "edit", "message": parent_a, "content": "Hello again"})
+    frames = await receive_until(comm, is_final)
+    edited_reply = next(f for f in frames if f["type"] == "thread")["active"]
+
+    @database_sync_to_async
+    def edited():
+        reply = Message.objects.get(pk=edited_reply)
+        question = reply.parent
+        return question.content, question.parent_id, Message.objects.filter(pk=parent_a).exists()
+
+    content, grandparent, old_kept = await edited()
+    assert content == "Hello again" and grandparent is None and old_kept
+    await comm.disconnect()

@@ -1,0 +1,78 @@
+"""/healthz and /readyz, and the reaper that ends generations whose worker died."""
+import pytest
+from django.contrib.auth import get_user_model
+
+from chat.models import Conversation, Message
+from chat.reaper import reap, reap_embedded_leftovers
+from inference.workers import Heartbeat, beat
+
+pytestmark = pytest.mark.django_db
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_readyz_is_503_without_a_worker(client):
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"]["database"]["ok"] and body["checks"]["channel_layer"]["ok"]
+    assert body["checks"]["workers"]["ok"] is False
+    assert "no device worker" in body["checks"]["workers"]["error"]
+
+
+def test_readyz_is_200_with_a_worker_holding_a_model(client):
+    heartbeat = Heartbeat("cpu@test:1", "cpu", lambda: ["smollm2-135m"]).start()
+    try:
+        response = client.get("/readyz")
+        assert response.status_code == 200
+        assert response.json()["checks"]["workers"]["workers"][0]["models"] == ["smollm2-135m"]
+    finally:
+        heartbeat.stop()
+    assert client.get("/readyz").status_code == 503
+
+
+def test_worker_without_models_does_not_make_the_site_ready(client):
+    beat("cpu@empty:2", "cpu", [])
+    assert client.get("/readyz").status_code == 503
+
+
+def _streaming(worker_id, content="half an answer"):
+    user = get_user_model().objects.create_user(f"u{worker_id}", password="pw-123456789")
+    conv = Conversation.objects.create(owner=user, model="smollm2-135m")
+    q = Message.objects.create(conversation=conv, role="user", content="hi")
+    return Message.objects.create(conversation=conv, parent=q, role="assistant", status="streaming",
+                                  content=content, worker_id=worker_id, stream_seq=9)
+
+
+def test_reaper_interrupts_a_generation_whose_worker_is_gone():
+    orphan = _streaming("cpu@dead:1")
+    beat("cpu@alive:2", "cpu", ["smollm2-135m"])
+    healthy = _streaming("cpu@alive:2")
+    assert reap() == 1
+    orphan.refresh_from_db()
+    healthy.refresh_from_db()
+    assert orphan.status == "interrupted" and orphan.content == "half an answer"
+    assert "worker stopped" in orphan.error and orphan.finished_at is not None
+    assert healthy.status == "streaming"
+
+
+def test_reaper_interrupts_a_silent_generation_even_if_its_worker_beats():
+    beat("cpu@stuck:3", "cpu", ["smollm2-135m"])
+    stuck = _streaming("cpu@stuck:3")
+    assert reap(stale_seconds=30) == 0
+    assert reap(stale_seconds=-1) == 1
+    stuck.refresh_from_db()
+    assert stuck.status == "interrupted" and stuck.content == "half an answer"
+
+
+def test_embedded_restart_ends_what_the_old_process_left_active():
+    left = _streaming("cpu@old:4", content="partial")
+    pending = Message.objects.create(conversation=left.conversation, role="assistant", status="pending")
+    assert reap_embedded_leftovers() == 2
+    left.refresh_from_db()
+    pending.refresh_from_db()
+    assert left.status == pending.status == "interrupted"
+    assert left.content == "partial" and "restarted" in left.error
