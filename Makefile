@@ -31,7 +31,7 @@ run: install
 
 # A device worker for the scaled-out mode (REDIS_URL set): one per device, holding its models once.
 worker: install
-	$(VENV)/bin/celery -A smolsite worker -Q device.$(DEVICE) -n $(DEVICE)@%h --pool solo --loglevel INFO
+	SMOLSITE_DEVICE=$(DEVICE) $(VENV)/bin/celery -A smolsite worker -Q device.$(DEVICE) -n $(DEVICE)@%h --pool solo --loglevel INFO
 
 # PostgreSQL and Redis are machine services; start them if something stopped them.
 services:

@@ -5,6 +5,7 @@ import sys
 
 from celery.signals import worker_init, worker_process_init, worker_shutdown
 
+from .devices import available_devices
 from .engine import get_engine
 from .workers import Heartbeat, make_worker_id
 from .worker_state import set_process_worker_id
@@ -23,6 +24,9 @@ def start_worker_process():
         return
     dev = device()
     try:
+        if dev not in available_devices():
+            raise RuntimeError(f"this llama.cpp build cannot use device {dev!r} "
+                               f"(available: {', '.join(available_devices())})")
         get_engine().load_device(dev)
     except Exception as exc:
         logger.critical("device worker %s cannot load its models: %s", dev, exc)
