@@ -1,21 +1,202 @@
+"""The chat pages. Full pages for normal requests, fragments for htmx requests; every lookup
+is scoped to the signed-in user, so another user's conversation id answers 404."""
+from urllib.parse import urlencode, urlsplit
+
 from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import Resolver404, resolve, reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
-from inference.models import get_model
+from inference import dispatch
+from inference.models import UnknownModel, all_models, get_model
 
-from .models import Conversation
-from .rendering import thread_context
+from . import actions
+from .forms import ModelForm, RenameForm, SettingsForm
+from .models import Conversation, Message
+from .rendering import conversation_features, thread_context
+from .sidebar import sidebar_context
+
+
+def _own(request, pk):
+    return get_object_or_404(Conversation, pk=pk, owner=request.user)
+
+
+def _model_for_new_chat(user):
+    """The model of the user's latest chat, so picking a model sticks across new chats."""
+    latest = Conversation.objects.filter(owner=user).order_by("-updated_at").values_list("model", flat=True).first()
+    try:
+        return get_model(latest).name
+    except UnknownModel:
+        return get_model().name
+
+
+def _settings_context(conv, form=None, saved=False):
+    features = conversation_features(conv)
+    try:
+        model = get_model(conv.model)
+    except UnknownModel:
+        model = None
+    return {"conversation": conv, "features": features, "model_config": model, "saved": saved,
+            "settings_form": form or SettingsForm(instance=conv, features=features)}
 
 
 @login_required
 def index(request):
-    conv = Conversation.objects.filter(owner=request.user).first()
+    conv = Conversation.objects.filter(owner=request.user).order_by("-updated_at").first()
     if conv is None:
-        conv = Conversation.objects.create(owner=request.user, model=get_model().name)
+        conv = Conversation.objects.create(owner=request.user, model=_model_for_new_chat(request.user))
     return redirect("chat:conversation", pk=conv.pk)
 
 
 @login_required
+@require_POST
+def new_chat(request):
+    """An empty chat is reused rather than piling up untouched ones."""
+    conv = Conversation.objects.filter(owner=request.user, messages__isnull=True).order_by("-updated_at").first()
+    if conv is None:
+        conv = Conversation.objects.create(owner=request.user, model=_model_for_new_chat(request.user))
+    else:
+        conv.touch()
+    return redirect("chat:conversation", pk=conv.pk)
+
+
+@login_required
+@require_GET
 def conversation(request, pk):
-    conv = get_object_or_404(Conversation, pk=pk, owner=request.user)
-    return render(request, "chat/conversation.html", thread_context(conv))
+    conv = _own(request, pk)
+    query = request.GET.get("q", "")
+    context = {
+        **thread_context(conv),
+        **sidebar_context(request.user, query, current=conv),
+        **_settings_context(conv),
+        "models": all_models(),
+    }
+    return render(request, "chat/conversation.html", context)
+
+
+@login_required
+@require_GET
+def thread(request, pk):
+    conv = _own(request, pk)
+    return render(request, "chat/_thread.html", thread_context(conv))
+
+
+@login_required
+@require_GET
+def conversation_list(request):
+    query = request.GET.get("q", "")
+    current = request.GET.get("current")
+    if not request.htmx:
+        target = Conversation.objects.filter(owner=request.user, pk=current).first() if (current or "").isdigit() \
+            else None
+        url = reverse("chat:conversation", args=[target.pk]) if target else reverse("chat:index")
+        return redirect(f"{url}?{urlencode({'q': query})}" if query and target else url)
+    context = sidebar_context(request.user, query, current=int(current) if (current or "").isdigit() else None)
+    return render(request, "chat/_conversation_list.html", context)
+
+
+@login_required
+@require_GET
+def conversation_item(request, pk):
+    conv = _own(request, pk)
+    return render(request, "chat/_conversation_item.html",
+                  {"entry": {"conversation": conv, "snippet": ""}, "current_id": _current_id(request)})
+
+
+def _current_id(request):
+    """The conversation the htmx request came from (from HX-Current-URL), if any."""
+    if not request.htmx or not request.htmx.current_url:
+        return None
+    try:
+        match = resolve(urlsplit(request.htmx.current_url).path)
+    except Resolver404:
+        return None
+    return match.kwargs.get("pk") if match.view_name == "chat:conversation" else None
+
+
+@login_required
+def rename(request, pk):
+    conv = _own(request, pk)
+    form = RenameForm(request.POST or None, initial={"title": conv.title})
+    if request.method == "POST":
+        if form.is_valid():
+            conv.title = form.cleaned_data["title"]
+            conv.save(update_fields=["title"])
+            if request.htmx:
+                return render(request, "chat/_conversation_item.html",
+                              {"entry": {"conversation": conv, "snippet": ""}, "current_id": _current_id(request)})
+            return redirect("chat:conversation", pk=conv.pk)
+        status = 422
+    else:
+        status = 200
+    template = "chat/_rename_form.html" if request.htmx else "chat/rename.html"
+    return render(request, template, {"conversation": conv, "form": form}, status=status)
+
+
+@login_required
+@require_POST
+def delete(request, pk):
+    conv = _own(request, pk)
+    for message_id in conv.messages.filter(status__in=Message.ACTIVE).values_list("pk", flat=True):
+        dispatch.stop(str(message_id))
+    was_current = _current_id(request) == conv.pk
+    conv.delete()
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("chat:index")) if was_current else HttpResponse("")
+    return redirect("chat:index")
+
+
+@login_required
+@require_POST
+def update_settings(request, pk):
+    conv = _own(request, pk)
+    features = conversation_features(conv)
+    form = SettingsForm(request.POST, instance=conv, features=features)
+    if form.is_valid():
+        form.save()
+        context, status = _settings_context(conv, saved=True), 200
+    else:
+        conv.refresh_from_db()
+        context, status = _settings_context(conv, form=form), 422
+    if not request.htmx and status == 200:
+        return redirect("chat:conversation", pk=conv.pk)
+    return render(request, "chat/_settings.html" if request.htmx else "chat/settings.html", context, status=status)
+
+
+@login_required
+@require_POST
+def choose_model(request, pk):
+    conv = _own(request, pk)
+    form = ModelForm(request.POST)
+    if not form.is_valid():
+        return HttpResponse("That model is not configured on this server.", status=422,
+                            content_type="text/plain; charset=utf-8")
+    conv.model = form.cleaned_data["model"]
+    conv.updated_at = timezone.now()
+    conv.save(update_fields=["model", "updated_at"])
+    if not request.htmx:
+        return redirect("chat:conversation", pk=conv.pk)
+    return render(request, "chat/_settings.html", _settings_context(conv))
+
+
+@login_required
+@require_POST
+def branch(request, pk):
+    conv = _own(request, pk)
+    message_id = request.POST.get("message", "")
+    if not message_id.isdigit():
+        return HttpResponse("Choose a message to switch to.", status=400, content_type="text/plain; charset=utf-8")
+    if actions.active_message(conv.pk) is not None:
+        return HttpResponse("An answer is still being generated: wait for it or press Stop before switching versions.",
+                            status=409, content_type="text/plain; charset=utf-8")
+    try:
+        actions.switch_branch(conv.pk, int(message_id))
+    except actions.ActionError as exc:
+        return HttpResponse(str(exc), status=404, content_type="text/plain; charset=utf-8")
+    if not request.htmx:
+        return redirect("chat:conversation", pk=conv.pk)
+    conv.refresh_from_db()
+    return render(request, "chat/_thread.html", thread_context(conv))

@@ -8,6 +8,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("", include("chat.account_urls")),
     path("", include("chat.urls")),
 ]
 # Plugins mount their own pages (e.g. the metrics plugin's /metrics).

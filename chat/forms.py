@@ -1,0 +1,84 @@
+"""Forms for the chat pages: sign-up, per-conversation settings, rename."""
+from django import forms
+from django.conf import settings
+from django.contrib.auth.forms import UserCreationForm
+
+from inference.models import UnknownModel, all_models, get_model
+
+from .models import Conversation
+
+
+class SignupForm(UserCreationForm):
+    class Meta(UserCreationForm.Meta):
+        fields = ("username",)
+
+
+def model_choices():
+    return [(m.name, m.name) for m in all_models()]
+
+
+class ModelForm(forms.Form):
+    model = forms.ChoiceField(choices=model_choices)
+
+
+class SettingsForm(forms.ModelForm):
+    """Sampling settings; the thinking toggle exists only for models that can think."""
+
+    class Meta:
+        model = Conversation
+        fields = ["system_prompt", "temperature", "top_p", "max_tokens", "thinking"]
+        labels = {"top_p": "Top p", "max_tokens": "Max tokens", "thinking": "Think before answering"}
+        help_texts = {
+            "system_prompt": "Instructions the model sees before every turn of this chat.",
+            "temperature": "0 answers the same way every time; higher values vary more (0 to 2).",
+            "top_p": "Sample only from the most likely tokens that add up to this probability (above 0, up to 1).",
+            "max_tokens": "The longest answer, in tokens.",
+        }
+        widgets = {
+            "system_prompt": forms.Textarea(attrs={"rows": 4, "placeholder": "You are a helpful assistant."}),
+            "temperature": forms.NumberInput(attrs={"step": "0.05", "min": "0", "max": "2"}),
+            "top_p": forms.NumberInput(attrs={"step": "0.01", "min": "0", "max": "1"}),
+            "max_tokens": forms.NumberInput(attrs={"step": "1", "min": "1"}),
+        }
+
+    def __init__(self, *args, features=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        if "thinking" not in features:
+            del self.fields["thinking"]
+        self.fields["max_tokens"].widget.attrs["max"] = str(self.context_limit())
+
+    def context_limit(self):
+        try:
+            return get_model(self.instance.model).n_ctx
+        except UnknownModel:
+            return 8192
+
+    def clean_system_prompt(self):
+        text = self.cleaned_data["system_prompt"].strip()
+        limit = settings.SMOLSITE_MAX_MESSAGE_CHARS
+        if len(text) > limit:
+            raise forms.ValidationError(f"The system prompt is {len(text):,} characters; the limit is {limit:,}.")
+        return text
+
+    def clean_temperature(self):
+        value = self.cleaned_data["temperature"]
+        if not 0 <= value <= 2:
+            raise forms.ValidationError("Temperature must be between 0 and 2.")
+        return value
+
+    def clean_top_p(self):
+        value = self.cleaned_data["top_p"]
+        if not 0 < value <= 1:
+            raise forms.ValidationError("Top p must be above 0 and at most 1.")
+        return value
+
+    def clean_max_tokens(self):
+        value = self.cleaned_data["max_tokens"]
+        limit = self.context_limit()
+        if not 1 <= value <= limit:
+            raise forms.ValidationError(f"Max tokens must be between 1 and {limit:,} (this model's context).")
+        return value
+
+
+class RenameForm(forms.Form):
+    title = forms.CharField(max_length=200, strip=True)
