@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -98,7 +99,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         active = await database_sync_to_async(actions.active_message)(self.conversation_id)
         if active is None:
             return await self.error("Nothing is being generated.", action="stop")
-        dispatch.stop(str(active.pk))
+        await sync_to_async(dispatch.stop, thread_sensitive=False)(str(active.pk))
         if await database_sync_to_async(actions.cancel_pending)(active.pk):
             # Never reached a worker: tell every tab now.
             await self.channel_layer.group_send(self.group, {
@@ -112,7 +113,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.sent_seq[reply.pk] = 0
         # Every tab redraws the branch: the new turn (or new branch) is on all of them.
         await self.channel_layer.group_send(self.group, {"type": "thread.changed", "message": reply.pk})
-        dispatch.enqueue(str(reply.pk), reply.model_name)
+        # Off the event loop: with Redis this is a network round trip.
+        loop = asyncio.get_running_loop()
+        await sync_to_async(dispatch.enqueue, thread_sensitive=False)(str(reply.pk), reply.model_name, loop)
 
     # ---- group -> client --------------------------------------------------------------
     async def thread_changed(self, event):
