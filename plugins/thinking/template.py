@@ -1,8 +1,9 @@
 """Which chat templates can switch reasoning on and off, and how to ask them to.
 
 Detection reads the model's own chat template (GGUF ``tokenizer.chat_template``), never the
-file or model name, and checks what the template actually does by rendering a one-line chat
-(cached per template). SmolLM3's template (see docs/smollm3.md) decides the mode like this:
+file or model name: a template "switches reasoning" when ``enable_thinking`` or a ``/think`` /
+``/no_think`` system flag changes how it starts the assistant's reply (probed by rendering a
+one-line chat, cached per template). SmolLM3's template (see docs/smollm3.md) picks the mode so:
 
 * ``enable_thinking`` (template keyword, default true) picks ``/think`` or ``/no_think``;
 * a ``/no_think`` or ``/think`` anywhere in the system message overrides it (``/no_think`` is
@@ -21,11 +22,12 @@ from inference.prompt import ChatTemplate
 
 THINK_FLAG = "/think"
 NO_THINK_FLAG = "/no_think"
+_PROBE = "smolsite-probe-7f3a"
 
 
 @dataclass(frozen=True)
 class ThinkingStyle:
-    keyword: bool  # ``enable_thinking`` changes the rendered prompt
+    keyword: bool  # ``enable_thinking`` changes the start of the reply
     system_flags: bool  # ``/think`` / ``/no_think`` in the system message change it
 
 
@@ -45,19 +47,22 @@ def _style_of(source):
     except TemplateError:
         return None
 
-    def render(messages, **kwargs):
+    def reply_start(messages, **kwargs):
+        """What the template puts after the last user message: the start of the reply."""
         try:
-            # A fixed date: both renders must differ only by what is being probed.
-            return template.render(messages, strftime_now=lambda fmt: "01 January 2025", **kwargs)
+            # A fixed date, so that two renders differ only by what is being probed.
+            text = template.render(messages, strftime_now=lambda fmt: "01 January 2025", **kwargs)
         except Exception:  # a template that cannot render this probe says nothing about it
             return None
+        at = text.rfind(_PROBE)
+        return text if at < 0 else text[at + len(_PROBE):]
 
-    user = [{"role": "user", "content": "Hello"}]
-    on, off = render(user, enable_thinking=True), render(user, enable_thinking=False)
-    keyword = on is not None and off is not None and on != off
-    flagged_on = render([{"role": "system", "content": THINK_FLAG}] + user)
-    flagged_off = render([{"role": "system", "content": NO_THINK_FLAG}] + user)
-    system_flags = flagged_on is not None and flagged_off is not None and flagged_on != flagged_off
+    user = [{"role": "user", "content": _PROBE}]
+    on, off = reply_start(user, enable_thinking=True), reply_start(user, enable_thinking=False)
+    keyword = None not in (on, off) and on != off
+    on = reply_start([{"role": "system", "content": THINK_FLAG}] + user)
+    off = reply_start([{"role": "system", "content": NO_THINK_FLAG}] + user)
+    system_flags = None not in (on, off) and on != off
     if not (keyword or system_flags):
         return None
     return ThinkingStyle(keyword=keyword, system_flags=system_flags)
