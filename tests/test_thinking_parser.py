@@ -129,7 +129,8 @@ def test_answer_only_has_no_reasoning_and_streams_at_once():
 
 
 def test_unterminated_reasoning_is_all_reasoning():
-    pieces = check("<think>\nstill thinking when max_tokens hit", ["<think>\nstill ", "thinking when max_tokens hit"])
+    s = "<think>\nstill thinking when max_tokens hit"
+    pieces = check(s, ["<think>\nstill ", "thinking when max_tokens hit"])
     assert pieces == [("reasoning", "\nstill thinking when max_tokens hit")]
 
 
