@@ -236,11 +236,13 @@ def test_service_splits_reasoning_from_the_answer(pm, engine):
 
 
 def test_no_filter_for_a_model_without_the_feature(pm, engine):
-    result, publisher, _ = run_service(engine, echo_request("smollm2-echo"))
+    model = engine.backend("smollm2-echo").model
     request = echo_request("smollm2-echo")
-    pm.hook.prepare_request(request=request, model=engine.backend("smollm2-echo").model,
-                            info=model_info(engine.backend("smollm2-echo").model))
-    assert request.system_prompt == "" and "enable_thinking" not in request.template_kwargs
+    pm.hook.prepare_request(request=request, model=model, info=model_info(model))
+    assert request.system_prompt == "" and request.template_kwargs == FIXED_DATE
+    assert [f for f in pm.hook.register_stream_filters(request=request, model=model, info=model_info(model))
+            if f is not None] == []
+    result, publisher, _ = run_service(engine, echo_request("smollm2-echo"))
     assert result.text == ECHO_THOUGHT and result.reasoning == ""
     assert result.reasoning_seconds is None
     assert not [e for e in publisher.events if e["kind"] == "reasoning"]
