@@ -145,7 +145,10 @@ def delete(request, pk):
     was_current = _current_id(request) == conv.pk
     conv.delete()
     if request.htmx:
-        return HttpResponseClientRedirect(reverse("chat:index")) if was_current else HttpResponse("")
+        if was_current:
+            return HttpResponseClientRedirect(reverse("chat:index"))
+        # The item goes; the list redraws too, so an emptied day heading goes with it.
+        return HttpResponse("", headers={"HX-Trigger": "conversations-changed"})
     return redirect("chat:index")
 
 

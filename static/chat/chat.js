@@ -377,8 +377,13 @@
   document.addEventListener("htmx:wsConfigSend", (evt) => {
     if (evt.target.id !== "composer") return;
     const content = (evt.detail.parameters.content || "").trim();
-    if (!content || chatEl()?.hasAttribute("data-generating")) {
+    if (!content) {
       evt.preventDefault();
+      return;
+    }
+    if (chatEl()?.hasAttribute("data-generating")) {
+      evt.preventDefault();
+      showError("An answer is still being written: wait for it, or press Stop.");
       return;
     }
     showError("");
@@ -534,7 +539,7 @@
     open = open ?? panel.hidden;
     panel.hidden = !open;
     if (toggle) toggle.setAttribute("aria-expanded", String(open));
-    if (open) $("textarea, input, select", panel)?.focus();
+    if (open) $("textarea, input:not([type=hidden]), select", panel)?.focus();
     else toggle?.focus();
   }
 

@@ -1,0 +1,96 @@
+"""A real smolsite server for browser tests: daphne in a subprocess, embedded worker, its own
+SQLite file, and Debian's chromium driven through Playwright."""
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+READY_SECONDS = 180  # loading the model on a busy 2-core machine
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, workdir, models, log_path):
+        self.workdir = Path(workdir)
+        self.db_path = self.workdir / "db.sqlite3"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        self.env.update({
+            "DJANGO_SETTINGS_MODULE": "smolsite.settings",
+            "SQLITE_PATH": str(self.db_path),
+            "SMOLSITE_VAR_DIR": str(self.workdir),
+            "SMOLSITE_EMBEDDED_WORKER": "1",
+            "SMOLSITE_SIGNUP_OPEN": "1",
+            "SMOLSITE_MODELS": json.dumps(models),
+            # The suite installs a demo plugin that rewrites system prompts; users would not have it.
+            "SMOLSITE_BLOCKED_PLUGINS": "hello",
+        })
+        self.proc = None
+        self._log = None
+
+    def start(self):
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=REPO, env=self.env,
+                       check=True, timeout=300)
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "smolsite.asgi:application"],
+            cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + READY_SECONDS
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}: see {self.log_path}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=5) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the server was not ready within {READY_SECONDS} s: see {self.log_path}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log:
+            self._log.close()
+
+    def message(self, message_id):
+        """The stored row of a message, read straight from the server's database."""
+        with sqlite3.connect(self.db_path, timeout=20) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM chat_message WHERE id = ?", (message_id,)).fetchone()
+        return dict(row) if row else None
+
+    def user(self, username):
+        with sqlite3.connect(self.db_path, timeout=20) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM auth_user WHERE username = ?", (username,)).fetchone()
+        return dict(row) if row else None
+
+
+def launch(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
