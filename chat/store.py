@@ -36,6 +36,7 @@ class MessageStore(JobStore):
             params=SamplingParams(temperature=conv.temperature, top_p=conv.top_p, max_tokens=conv.max_tokens),
             thinking=conv.thinking,
             group=conv.group_name,
+            session_key=f"conversation-{conv.pk}",
         )
 
     def save_progress(self, job_id, text, reasoning, seq):

@@ -29,6 +29,8 @@ class GenerationRequest:
     template_kwargs: dict = field(default_factory=dict)
     features: list = field(default_factory=list)
     group: str = ""  # channel-layer group that receives the events
+    # Requests with the same key continue one conversation: backends may keep its state warm.
+    session_key: str = ""
     # Set by the service: how many of the oldest turns were left out to fit the context.
     dropped_turns: int = 0
 
@@ -55,6 +57,7 @@ class Finish:
     reason: str  # "stop" (end of turn or stop string), "length" (max_tokens) or "stopped" (user)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from kept state, not prefilled
 
 
 Chunk = Union[Delta, Finish]

@@ -30,6 +30,7 @@ class GenerationResult:
     finish_reason: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     ttft: Optional[float] = None  # seconds from start of the job to the first token
     tokens_per_second: Optional[float] = None
     duration: float = 0.0
@@ -147,6 +148,7 @@ class GenerationService:
                         result.finish_reason = chunk.reason
                         result.completion_tokens = chunk.completion_tokens
                         result.prompt_tokens = chunk.prompt_tokens or result.prompt_tokens
+                        result.cached_tokens = chunk.cached_tokens
                         if chunk.reason == "stopped":
                             result.status = "stopped"
                         continue

@@ -1,4 +1,5 @@
 import codecs
+import os
 import re
 import threading
 
@@ -10,8 +11,10 @@ from inference.gguf_info import GGUFError, read_gguf_info
 from inference.prompt import ChatTemplate
 
 from . import logs
+from .state_cache import StateCache
 
 GPU_DEVICES = {"cuda", "metal", "vulkan", "rocm", "gpu"}
+VISIBLE_SPECIAL = ("<think>", "</think>")
 
 
 class LlamaCppBackend(Backend):
@@ -26,6 +29,8 @@ class LlamaCppBackend(Backend):
         self.info = None
         self.template = None
         self._lock = threading.Lock()
+        budget_mb = int(model.options.get("state_cache_mb", os.environ.get("SMOLSITE_STATE_CACHE_MB", "512")))
+        self.states = StateCache(budget_mb * 1024 * 1024)
 
     def load(self):
         try:
@@ -52,6 +57,17 @@ class LlamaCppBackend(Backend):
         bos = self._token_text(self.llm.token_bos())
         eos = self._token_text(self.llm.token_eos())
         self.template = ChatTemplate(self.info.chat_template, bos_token=bos, eos_token=eos)
+        self.visible_special = self._visible_special_tokens()
+
+    def _visible_special_tokens(self):
+        """Reasoning tags are text the thinking plugin must see even where the GGUF marks them
+        as control tokens; every other special token stays hidden."""
+        ids = set()
+        for tag in VISIBLE_SPECIAL:
+            found = self.llm.tokenize(tag.encode(), add_bos=False, special=True)
+            if len(found) == 1:
+                ids.add(found[0])
+        return ids
 
     def close(self):
         if self.llm is not None:
@@ -99,6 +115,7 @@ class LlamaCppBackend(Backend):
                 return
             if params.seed is not None:
                 self.llm.set_seed(params.seed)
+            cached = min(self.states.prepare(self.llm, request.session_key or None, tokens), len(tokens) - 1)
             stops = StopStrings(params.stop)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             vocab = self.llm._model.vocab
@@ -111,7 +128,7 @@ class LlamaCppBackend(Backend):
                         reason = "stop"
                         break
                     produced += 1
-                    piece = decoder.decode(self.llm.detokenize([token], special=False))
+                    piece = decoder.decode(self.llm.detokenize([token], special=token in self.visible_special))
                     text, hit = stops.feed(piece)
                     if text:
                         yield Delta(text)
@@ -129,7 +146,7 @@ class LlamaCppBackend(Backend):
             tail = stops.finish(decoder.decode(b"", final=True))
             if tail:
                 yield Delta(tail)
-            yield Finish(reason, len(tokens), produced)
+            yield Finish(reason, len(tokens), produced, cached_tokens=max(cached, 0))
 
 
 class StopStrings:
