@@ -7,7 +7,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from inference.publish import Publisher
-from inference.workers import is_alive
+from inference.workers import alive_workers, is_alive
 
 from .models import Message
 
@@ -15,28 +15,28 @@ logger = logging.getLogger(__name__)
 INTERVAL = 10
 
 
-def _interrupt(messages, reason):
+def _interrupt(messages, reason, status=Message.Status.INTERRUPTED):
     now = timezone.now()
     count = 0
     for m in messages:
         if Message.objects.filter(pk=m.pk, status=m.status).update(
-                status=Message.Status.INTERRUPTED, error=reason, updated_at=now, finished_at=now):
+                status=status, error=reason, updated_at=now, finished_at=now):
             count += 1
-            _announce(m)
+            _announce(m, status, reason)
     return count
 
 
-def _announce(message):
+def _announce(message, status, reason):
     try:
         pub = Publisher(f"conv.{message.conversation_id}", message.pk)
         pub.seq = message.stream_seq
-        pub.emit("done", status=Message.Status.INTERRUPTED, error="the worker stopped", stats={})
+        pub.emit("done", status=status, error=reason, stats={})
         pub.close(timeout=5)
     except Exception:
         logger.exception("could not announce interrupted message %s", message.pk)
 
 
-def reap(stale_seconds=None):
+def reap(stale_seconds=None, queue_seconds=None):
     """Streaming messages whose worker is gone, or silent for too long, become interrupted."""
     stale_seconds = settings.SMOLSITE_STALE_SECONDS if stale_seconds is None else stale_seconds
     cutoff = timezone.now() - timedelta(seconds=stale_seconds)
@@ -44,7 +44,25 @@ def reap(stale_seconds=None):
     dead = [m for m in streaming if m.updated_at < cutoff or (m.worker_id and not is_alive(m.worker_id))]
     if dead:
         logger.warning("marking %d generation(s) interrupted", len(dead))
-    return _interrupt(dead, "The worker stopped before the answer was finished.")
+    count = _interrupt(dead, "The worker stopped before the answer was finished.")
+    return count + _fail_unserved(queue_seconds)
+
+
+def _fail_unserved(queue_seconds):
+    """A queued message whose model no live worker holds would otherwise wait forever."""
+    queue_seconds = settings.SMOLSITE_QUEUE_SECONDS if queue_seconds is None else queue_seconds
+    waiting = list(Message.objects.filter(status=Message.Status.PENDING,
+                                          created_at__lt=timezone.now() - timedelta(seconds=queue_seconds)))
+    if not waiting:
+        return 0
+    serving = {name for worker in alive_workers() for name in worker.get("models", [])}
+    unserved = [m for m in waiting if m.model_name not in serving]
+    count = 0
+    for model_name in {m.model_name for m in unserved}:
+        count += _interrupt([m for m in unserved if m.model_name == model_name],
+                            f"No device worker is serving model {model_name!r}: start one "
+                            "(make worker DEVICE=...) and press Retry.", status=Message.Status.ERROR)
+    return count
 
 
 def reap_embedded_leftovers():

@@ -35,12 +35,11 @@ class EmbeddedWorker:
 
     def _run(self):
         try:
-            get_engine().load_device(self.device)
+            get_engine().load_device(self.device, keep_going=True)
         except Exception as exc:
+            # Keep serving the queue: each job then ends as an error that says why.
             self.error = exc
             logger.critical("embedded worker %s cannot load its models: %s", self.device, exc)
-            self.ready.set()
-            return
         self.heartbeat = Heartbeat(self.worker_id, self.device, get_engine().loaded_models).start()
         self.ready.set()
         set_thread_worker_id(self.worker_id)

@@ -34,29 +34,46 @@ def create_backend(model):
 class Engine:
     def __init__(self):
         self._backends = {}
+        self._failures = {}  # model name -> why it could not load, told to every job for it
         self._lock = threading.Lock()
 
-    def load(self, models):
-        """Load each model once; raise on the first that cannot load (fail loudly at start)."""
+    def load(self, models, keep_going=False):
+        """Load each model once; raise on the first that cannot load (fail loudly at start),
+        or with ``keep_going`` load the rest first and raise the first failure at the end."""
+        errors = []
         for model in models:
             with self._lock:
                 if model.name in self._backends:
                     continue
-            backend = create_backend(model)
-            logger.info("loading model %s with backend %s from %s", model.name, backend.name, model.path)
-            backend.load()
+            try:
+                backend = create_backend(model)
+                logger.info("loading model %s with backend %s from %s", model.name, backend.name, model.path)
+                backend.load()
+            except Exception as exc:
+                with self._lock:
+                    self._failures[model.name] = str(exc)
+                if not keep_going:
+                    raise
+                errors.append(exc)
+                continue
             with self._lock:
                 self._backends[model.name] = backend
+                self._failures.pop(model.name, None)
+        if errors:
+            raise errors[0]
 
-    def load_device(self, device):
+    def load_device(self, device, keep_going=False):
         models = models_for_device(device)
         if not models:
             raise BackendError(f"no models are configured for device {device!r}")
-        self.load(models)
+        self.load(models, keep_going=keep_going)
 
     def backend(self, model_name):
         with self._lock:
             backend = self._backends.get(model_name)
+            failure = self._failures.get(model_name)
+        if backend is None and failure:
+            raise BackendError(f"model {model_name!r} could not be loaded: {failure}")
         if backend is None:
             known = {m.name for m in all_models()}
             if model_name not in known:

@@ -76,3 +76,46 @@ def test_embedded_restart_ends_what_the_old_process_left_active():
     pending.refresh_from_db()
     assert left.status == pending.status == "interrupted"
     assert left.content == "partial" and "restarted" in left.error
+
+
+def test_model_that_failed_to_load_ends_its_jobs_with_the_reason(tmp_path, settings):
+    from inference.engine import Engine
+    from inference.testing import make_request, run_request
+
+    bad = tmp_path / "broken.gguf"
+    bad.write_text("not a model")
+    settings.SMOLSITE_MODELS = {
+        "broken": {"path": str(bad), "device": "cpu"},
+        "echo": {"path": "", "backend": "echo", "device": "cpu"},
+    }
+    engine = Engine()
+    with pytest.raises(Exception, match="not a GGUF file"):
+        engine.load_device("cpu", keep_going=True)
+    assert engine.loaded_models() == ["echo"]  # the good model still loaded
+    result, events = run_request(engine, make_request("broken", "hello"))
+    assert result.status == "error"
+    assert "could not be loaded" in result.error and "not a GGUF file" in result.error
+    assert events[-1]["kind"] == "done" and events[-1]["status"] == "error"
+
+
+def test_queued_message_without_any_worker_for_its_model_fails_clearly():
+    left = _streaming("cpu@x:5")
+    left.status = "done"
+    left.save()
+    waiting = Message.objects.create(conversation=left.conversation, role="assistant", status="pending",
+                                     model_name="smollm2-135m")
+    assert reap(queue_seconds=60) == 0  # young: a worker may still pick it up
+    beat("cpu@other:6", "cpu", ["another-model"])
+    assert reap(queue_seconds=-1) == 1
+    waiting.refresh_from_db()
+    assert waiting.status == "error" and "No device worker is serving model 'smollm2-135m'" in waiting.error
+
+
+def test_queued_message_is_left_alone_while_a_worker_holds_its_model():
+    left = _streaming("cpu@y:7")
+    waiting = Message.objects.create(conversation=left.conversation, role="assistant", status="pending",
+                                     model_name="smollm2-135m")
+    beat("cpu@y:7", "cpu", ["smollm2-135m"])
+    assert reap(queue_seconds=-1) == 0
+    waiting.refresh_from_db()
+    assert waiting.status == "pending"
