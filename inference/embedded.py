@@ -5,6 +5,8 @@ import logging
 import queue
 import threading
 
+from django.db import connections
+
 from .engine import get_engine
 from .publish import set_thread_loop
 from .workers import Heartbeat, make_worker_id
@@ -55,6 +57,8 @@ class EmbeddedWorker:
             except Exception:
                 logger.exception("embedded job %s failed", job_id)
             finally:
+                # Between jobs this thread holds no database connection (as Celery does per task).
+                connections.close_all()
                 self.jobs.task_done()
         self.heartbeat.stop()
 
