@@ -209,3 +209,15 @@ async def test_regenerate_and_edit_make_branches(loaded_engine):
     content, grandparent, old_kept = await edited()
     assert content == "Hello again" and grandparent is None and old_kept
     await comm.disconnect()
+
+
+async def test_foreign_origin_and_anonymous_users_are_refused(loaded_engine):
+    from django.contrib.auth.models import AnonymousUser
+
+    user, conv = await make_conversation("origin-check")
+    comm = WebsocketCommunicator(application, f"/ws/chat/{conv.pk}/", headers=[(b"origin", b"http://evil.example")])
+    comm.scope["user"] = user
+    connected, _ = await comm.connect()
+    assert not connected
+    comm, connected, code = await connect(AnonymousUser(), conv.pk)
+    assert not connected and code == 4403
