@@ -264,7 +264,7 @@ def test_delete_from_another_page_removes_the_item(client, alice):
     here = "http://testserver" + reverse("chat:conversation", args=[shown.pk])
     response = client.post(reverse("chat:delete", args=[doomed.pk]), HTTP_HX_CURRENT_URL=here, **HX)
     assert response.status_code == 200 and response.content == b""
-    assert "HX-Redirect" not in response
+    assert "HX-Redirect" not in response and response["HX-Trigger"] == "conversations-changed"
     assert not Conversation.objects.filter(pk=doomed.pk).exists()
     assert not Message.objects.filter(conversation_id=doomed.pk).exists()
 
