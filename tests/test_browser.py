@@ -241,6 +241,40 @@ def test_reload_mid_stream_continues_without_duplicates(page, server):
     assert page.evaluate("window.__violations") == []
 
 
+def test_reconnect_mid_stream_continues_without_duplicates(page, server):
+    # Every chat socket goes through Playwright, so the test can drop one like a flaky network.
+    sockets = []
+
+    def relay(ws):
+        ws.connect_to_server()
+        sockets.append(ws)
+
+    page.route_web_socket(re.compile(r"/ws/chat/\d+/$"), relay)
+    new_chat(page, "echo")
+    expected = words(400, "x")
+    reply = send(page, expected)
+    page.evaluate(PREFIX_WATCH % {"id": reply, "expected": json.dumps(expected)})
+    page.evaluate("""() => {
+        const banner = document.getElementById('connection');
+        new MutationObserver(() => { if (!banner.hidden) window.__bannerShown = banner.textContent; })
+            .observe(banner, {attributes: true, childList: true});
+    }""")
+    page.wait_for_function(f"(document.querySelector('#msg-{reply} .content')?.textContent || '').length > "
+                           f"{len(words(60))}")
+    # 1012 ("service restart") is a close the ws extension answers by reconnecting.
+    sockets[-1].close(code=1012, reason="test drops the connection")
+    # The page says it lost the connection, then hides that once a new socket is open.
+    page.wait_for_function("window.__bannerShown && document.getElementById('connection').hidden")
+    assert "reconnecting" in page.evaluate("window.__bannerShown")
+    assert len(sockets) == 2
+    at_reconnect = len(content_text(page, reply))
+    page.wait_for_function(f"document.querySelector('#msg-{reply} .content').textContent.length > {at_reconnect}")
+    assert wait_final(page, reply) == "done"
+    assert content_text(page, reply) == expected == server.message(reply)["content"]
+    assert page.evaluate("window.__checks") > 0
+    assert page.evaluate("window.__violations") == []
+
+
 def test_stop_keeps_the_partial_answer(page, server):
     new_chat(page, "echo")
     expected = words(400, "s")
