@@ -587,12 +587,15 @@
     }
   });
 
-  document.addEventListener("htmx:afterSettle", (evt) => {
-    if (evt.detail.elt?.id === "settings-form" || evt.target?.id === "settings-form") {
-      const model = document.getElementById("model-select")?.value;
-      const shown = $(".empty-model strong");
-      if (model && shown) shown.textContent = model;
-    }
+  document.addEventListener("htmx:afterSettle", () => {
+    // A settings form the server just sent (after a save or a model change) has no mark yet.
+    const form = document.getElementById("settings-form");
+    if (!form || form.dataset.settled) return;
+    form.dataset.settled = "1";
+    const model = document.getElementById("model-select")?.value;
+    const shown = $(".empty-model strong");
+    if (model && shown) shown.textContent = model;
+    $("[aria-invalid=true]", form)?.focus();
   });
 
   document.addEventListener("htmx:responseError", (evt) => {
