@@ -509,8 +509,10 @@ def test_admin_lists_conversations_and_messages(client):
     assert "Bob asks" in changelist
     change = client.get(reverse("admin:chat_conversation_change", args=[conv.pk])).content.decode()
     assert "What is 2+2?" in change and "Four." in change
-    messages = client.get(reverse("admin:chat_message_changelist"), {"status__exact": "done", "role__exact": "assistant"})
-    assert messages.status_code == 200 and 'href="/admin/chat/message/%d/change/' % reply.pk in messages.content.decode()
+    messages = client.get(reverse("admin:chat_message_changelist"),
+                          {"status__exact": "done", "role__exact": "assistant"}).content.decode()
+    assert 'href="/admin/chat/message/%d/change/' % reply.pk in messages
+    assert 'href="/admin/chat/message/%d/change/' % reply.parent_id not in messages  # the role filter
 
 
 def test_admin_is_closed_to_normal_users(client, alice):
