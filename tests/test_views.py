@@ -518,3 +518,10 @@ def test_admin_lists_conversations_and_messages(client):
 def test_admin_is_closed_to_normal_users(client, alice):
     response = client.get(reverse("admin:chat_conversation_changelist"))
     assert response.status_code == 302 and "/admin/login/" in response.url
+
+
+def test_a_chat_whose_model_was_removed_still_opens(client, alice):
+    conv = make_conversation(alice, model="retired-model")
+    page = client.get(reverse("chat:conversation", args=[conv.pk])).content.decode()
+    assert "no longer configured on the server" in page
+    assert '<option value="retired-model" selected disabled>retired-model (gone)</option>' in page
