@@ -74,6 +74,8 @@ class Message(models.Model):
     tokens_per_second = models.FloatField(null=True, blank=True)
     reasoning_seconds = models.FloatField(null=True, blank=True)
     dropped_turns = models.PositiveIntegerField(default=0)
+    finish_reason = models.CharField(max_length=16, blank=True, default="",
+                                     help_text="stop (end of turn), length (max tokens) or stopped")
     model_name = models.CharField(max_length=100, blank=True, default="")
     backend_name = models.CharField(max_length=100, blank=True, default="")
     worker_id = models.CharField(max_length=200, blank=True, default="")

@@ -57,6 +57,7 @@ class MessageStore(JobStore):
                 tokens_per_second=result.tokens_per_second,
                 reasoning_seconds=result.reasoning_seconds,
                 dropped_turns=result.dropped_turns,
+                finish_reason=result.finish_reason,
                 backend_name=result.backend,
                 stream_seq=result.seq,
                 updated_at=now,

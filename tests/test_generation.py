@@ -135,6 +135,7 @@ def test_celery_task_generates_into_the_message_row(loaded_engine, raw_reference
     assert reply.content == text
     assert reply.prompt_tokens == usage["prompt_tokens"] and reply.completion_tokens == usage["completion_tokens"]
     assert reply.stream_seq > 1 and reply.finished_at is not None
+    assert reply.finish_reason == ("length" if usage["completion_tokens"] == MAX else "stop")
     # A job that is no longer pending is not run twice.
     generate.apply(args=[str(reply.pk)], throw=True)
     reply.refresh_from_db()

@@ -225,6 +225,10 @@ def test_stats_and_states_render_under_answers(client, alice):
     assert "123.5 tok/s" in page and "0.25 s to first token" in page and "17 tokens" in page
     assert "Interrupted: The worker stopped." in page
     assert re.search(r'data-regenerate="%d">.*Retry' % failed.pk, page, re.S)
+    assert "token limit" not in page
+    Message.objects.filter(pk=reply.pk).update(finish_reason="length")
+    page = client.get(reverse("chat:conversation", args=[conv.pk])).content.decode()
+    assert "Cut off at the 17-token limit" in page
 
 
 # ---- rename / delete -----------------------------------------------------------------------
