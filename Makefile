@@ -6,8 +6,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEVICE ?= cpu
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/smolsite
+# The Redis database the scaled-out tests use (and flush): keep it for them alone.
+REDIS_TEST_URL ?= redis://127.0.0.1:6379/13
 
-.PHONY: run test worker test-sqlite test-postgres bench install install-test services clean
+.PHONY: run test worker test-sqlite test-postgres test-redis bench install install-test services clean
 
 # Stamps depend on pyproject.toml, so a second `make run` installs nothing.
 $(VENV)/.stamp-run: pyproject.toml
@@ -39,11 +41,18 @@ services:
 
 test: install-test services test-sqlite test-postgres
 
+# Each database gets two runs: everything embedded, then the scaled-out tests (tests/test_redis.py)
+# in a process configured for Redis from the environment, as a served scaled-out site is.
 test-sqlite:
-	$(VENV)/bin/pytest -p no:cacheprovider
+	$(VENV)/bin/pytest -p no:cacheprovider -m "not redis"
+	REDIS_URL=$(REDIS_TEST_URL) $(VENV)/bin/pytest -p no:cacheprovider -m redis
 
 test-postgres:
-	DATABASE_URL=$(PG_TEST_URL) $(VENV)/bin/pytest -p no:cacheprovider -m "not browser"
+	DATABASE_URL=$(PG_TEST_URL) $(VENV)/bin/pytest -p no:cacheprovider -m "not browser and not redis"
+	DATABASE_URL=$(PG_TEST_URL) REDIS_URL=$(REDIS_TEST_URL) $(VENV)/bin/pytest -p no:cacheprovider -m redis
+
+test-redis:
+	REDIS_URL=$(REDIS_TEST_URL) $(VENV)/bin/pytest -p no:cacheprovider -m redis
 
 bench: install-test services
 	$(PY) bench/run.py

@@ -1,0 +1,486 @@
+"""The scaled-out path for real: a Celery device worker subprocess holding the real SmolLM2-135M,
+Redis as broker, channel layer and cache, and the test database shared with the worker.
+
+These tests run in their own pytest invocation with REDIS_URL set (``make test-redis``, part of
+``make test``), so the whole process is configured from the environment exactly as a served
+scaled-out site is; without REDIS_URL they are skipped. The Redis database in REDIS_URL is
+flushed at the start: give it a dedicated number (the Makefile uses /13).
+"""
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import pytest
+import pytest_asyncio
+from channels.db import database_sync_to_async
+from channels.layers import channel_layers, get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection
+
+from chat import actions
+from chat.models import Conversation, Message
+from chat.reaper import reap
+from inference import dispatch
+from inference.plugins import OWN_DISTRIBUTION, _entry_points
+from inference.stop import is_stop_requested, request_stop
+from inference.workers import alive_workers, is_alive
+
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (run `make test-redis`)"),
+]
+
+BASE_DIR = Path(settings.BASE_DIR)
+CELERY = str(Path(sys.executable).with_name("celery"))
+MODEL = "smollm2-135m"
+SHORT = "Name three colours."
+# Greedy SmolLM2-135M answers this with well over 1,000 tokens: long enough to stop or kill mid-stream.
+LONG = "Explain in detail how a computer works, from transistors to operating systems."
+START_TIMEOUT = 180  # a worker imports Django and loads the model; the machine is shared
+GEN_TIMEOUT = 120
+
+
+# ---- the Celery worker subprocess ---------------------------------------------------------------
+
+def worker_env(**extra):
+    """The environment of a worker sharing this test process's database and Redis."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"DATABASE_URL", "SQLITE_PATH", "SMOLSITE_MODELS", "SMOLSITE_BLOCKED_PLUGINS"}}
+    db = connection.settings_dict  # pytest-django has switched NAME to the test database
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        env["SQLITE_PATH"] = str(db["NAME"])
+    elif db["ENGINE"] == "django.db.backends.postgresql":
+        auth = quote(db["USER"] or "", safe="")
+        if db.get("PASSWORD"):
+            auth += ":" + quote(db["PASSWORD"], safe="")
+        host = db["HOST"] or "127.0.0.1"
+        port = f":{db['PORT']}" if db.get("PORT") else ""
+        env["DATABASE_URL"] = f"postgres://{auth}{'@' if auth else ''}{host}{port}/{db['NAME']}"
+    else:  # pragma: no cover
+        raise AssertionError(f"no worker environment for database engine {db['ENGINE']}")
+    # As in this process (see inference.plugins): only this distribution's plugins, so an installed
+    # third-party plugin cannot change what the worker generates.
+    foreign = sorted({ep.name for dist, ep in _entry_points() if dist.metadata["Name"] != OWN_DISTRIBUTION})
+    env.update(REDIS_URL=settings.REDIS_URL, SMOLSITE_DEVICE="cpu", SMOLSITE_BLOCKED_PLUGINS=",".join(foreign),
+               PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """``celery -A smolsite worker -Q <queue> --pool solo``, as `make worker` starts it."""
+
+    def __init__(self, name, queue, log_dir, **env):
+        self.name, self.queue, self.log_dir, self.extra_env = name, queue, Path(log_dir), env
+        self.proc = None
+        self.worker_id = ""
+        self.starts = 0
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self):
+        self.starts += 1
+        self.stdout_path = self.log_dir / f"{self.name}-{self.starts}.out"
+        self.stderr_path = self.log_dir / f"{self.name}-{self.starts}.err"
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [CELERY, "-A", "smolsite", "worker", "-Q", self.queue, "--pool", "solo", "-n", f"{self.name}@%h",
+                 "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
+                cwd=BASE_DIR, env=worker_env(**self.extra_env), stdout=out, stderr=err)
+        self.worker_id = ""
+        return self
+
+    def logs(self):
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in (self.stdout_path, self.stderr_path)
+                         if p.exists())
+
+    def wait_ready(self, timeout=START_TIMEOUT):
+        """Until this process's heartbeat shows a loaded model (read from Redis, as /readyz does)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.running, f"worker {self.name} exited with {self.proc.returncode}:\n{self.logs()}"
+            mine = [w for w in alive_workers() if w["id"].rsplit(":", 1)[-1] == str(self.pid)]
+            if mine and mine[0]["models"]:
+                self.worker_id = mine[0]["id"]
+                return self
+            time.sleep(0.2)
+        raise AssertionError(f"worker {self.name} showed no heartbeat in {timeout}s:\n{self.logs()}")
+
+    def ensure_running(self):
+        if not self.running:
+            self.start().wait_ready()
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def redis_db():
+    import redis
+
+    url = settings.REDIS_URL
+    db = int((urlsplit(url).path or "/0").lstrip("/") or 0)
+    assert db != 0, f"REDIS_URL={url}: these tests flush its database; give them a dedicated one (e.g. /13)"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def cpu_worker(django_db_setup, redis_db, tmp_path_factory):
+    """One device worker for the module, restarted by ``worker`` if a test stopped it."""
+    worker = WorkerProcess("cpu-test", "device.cpu", tmp_path_factory.mktemp("workers"))
+    yield worker
+    worker.stop()  # before pytest-django drops the test database the worker is connected to
+
+
+@pytest.fixture
+def worker(cpu_worker, transactional_db):
+    cpu_worker.ensure_running()
+    yield cpu_worker
+    # Leave the worker idle for the next test: stop whatever is still queued or generating.
+    active = list(Message.objects.filter(status__in=Message.ACTIVE).values_list("pk", flat=True))
+    for pk in active:
+        request_stop(str(pk))
+    deadline = time.monotonic() + 30
+    while (cpu_worker.running and time.monotonic() < deadline
+           and Message.objects.filter(pk__in=active, status__in=Message.ACTIVE).exists()):
+        time.sleep(0.1)
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    """Replaces conftest's cache.clear(): here the cache is the Redis database that also holds the
+    broker's queues and the workers' heartbeats."""
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """A new channels-redis layer per test: each async test runs on its own event loop."""
+    channel_layers._reset_backends("CHANNEL_LAYERS")
+    yield
+
+
+@pytest_asyncio.fixture
+async def layer():
+    layer = get_channel_layer()
+    assert type(layer).__name__ == "RedisChannelLayer"
+    yield layer
+    # channels-redis closes this loop's connections when pytest-asyncio closes the loop.
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+class GroupListener:
+    """A member of a conversation's channel-layer group, receiving what the worker publishes."""
+
+    def __init__(self, layer, conversation_id):
+        self.layer, self.group = layer, f"conv.{conversation_id}"
+        self.events = {}  # message id -> events in arrival order
+
+    async def __aenter__(self):
+        # The default prefix: a layer's process-local channels share one Redis list, read by whichever
+        # receiver holds the layer's receive lock (a channel with another prefix would starve).
+        self.channel = await self.layer.new_channel()
+        await self.layer.group_add(self.group, self.channel)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.layer.group_discard(self.group, self.channel)
+
+    async def next_batch(self, timeout=GEN_TIMEOUT):
+        while True:
+            message = await asyncio.wait_for(self.layer.receive(self.channel), timeout)
+            if message["type"] == "gen.events":
+                self.events.setdefault(int(message["message"]), []).extend(message["events"])
+                return message
+
+    async def until(self, predicate, timeout=GEN_TIMEOUT):
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self.next_batch()
+
+    def text(self, message_id):
+        return "".join(e["text"] for e in self.events.get(message_id, []) if e["kind"] == "text")
+
+    def done(self, message_id):
+        return next((e for e in self.events.get(message_id, []) if e["kind"] == "done"), None)
+
+
+def assert_contiguous(events):
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(1, len(seqs) + 1)), f"seq not 1..n without gaps: {seqs}"
+
+
+@database_sync_to_async
+def make_conversation(username, **kwargs):
+    user = get_user_model().objects.create_user(username, password="pw-123456789")
+    fields = {"model": MODEL, "temperature": 0.0, "thinking": False, **kwargs}
+    return user, Conversation.objects.create(owner=user, **fields)
+
+
+@database_sync_to_async
+def send(conversation, content):
+    return actions.send(conversation.pk, content)
+
+
+@database_sync_to_async
+def get_message(pk):
+    return Message.objects.get(pk=pk)
+
+
+async def connect(user, conversation):
+    from smolsite.asgi import application
+
+    comm = WebsocketCommunicator(application, f"/ws/chat/{conversation.pk}/",
+                                 headers=[(b"origin", b"http://127.0.0.1")])
+    comm.scope["user"] = user
+    connected, _ = await comm.connect()
+    assert connected
+    return comm
+
+
+async def frames_until(comm, predicate, timeout=GEN_TIMEOUT):
+    frames = []
+    async with asyncio.timeout(timeout):
+        while True:
+            frames.append(json.loads(await comm.receive_from(timeout=timeout)))
+            if predicate(frames[-1]):
+                return frames
+
+
+def streamed_text(frames, message_id):
+    """The text a websocket client assembles, checking the consumer's seq numbers on the way."""
+    text, last = "", 0
+    for f in frames:
+        if f.get("message") != message_id:
+            continue
+        if f["type"] == "snapshot":
+            text, last = f["content"], f["seq"]
+        elif f["type"] == "events":
+            for e in f["events"]:
+                assert e["seq"] == last + 1, f"seq {e['seq']} after {last}"
+                last = e["seq"]
+                text += e["text"] if e["kind"] == "text" else ""
+    return text
+
+
+# ---- (a) generation through the Celery worker -----------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_greedy_generation_through_a_celery_worker_over_redis(worker, layer, loaded_engine):
+    from inference.testing import make_request, run_request
+
+    user, conv = await make_conversation("alice", max_tokens=48)
+    comm = await connect(user, conv)
+    async with GroupListener(layer, conv.pk) as listener:
+        await comm.send_json_to({"action": "send", "content": SHORT})
+        frames = await frames_until(comm, lambda f: f["type"] == "final")
+        reply_id = next(f for f in frames if f["type"] == "thread")["active"]
+        await listener.until(lambda: listener.done(reply_id))
+    await comm.disconnect()
+
+    message = await get_message(reply_id)
+    assert message.status == "done", message.error
+    # Generated by the Celery worker process, not in this one.
+    assert message.worker_id == worker.worker_id and message.worker_id.endswith(f":{worker.pid}")
+
+    # What the group received: every event once, numbered 1..n, start first and done last.
+    events = listener.events[reply_id]
+    assert_contiguous(events)
+    assert events[0]["kind"] == "start" and events[-1]["kind"] == "done"
+    assert len(events) >= 3  # start, text, done
+    assert listener.text(reply_id) == message.content
+    assert message.stream_seq == events[-1]["seq"] - 1  # persisted with the row, before "done" went out
+
+    # What the websocket client received through the consumer equals the persisted row.
+    assert streamed_text(frames, reply_id) == message.content and message.content.strip()
+
+    # Usage counts, on the row and in the final event.
+    stats = events[-1]["stats"]
+    assert 0 < message.completion_tokens <= 48 and message.prompt_tokens > 10
+    assert stats["completion_tokens"] == message.completion_tokens
+    assert stats["prompt_tokens"] == message.prompt_tokens
+    assert message.ttft is not None and message.tokens_per_second > 0
+    assert message.backend_name == "llama_cpp"
+
+    # Greedy: the worker's answer is exactly what the same service produces in this process.
+    local, _ = await asyncio.to_thread(run_request, loaded_engine, make_request(MODEL, SHORT, max_tokens=48))
+    assert local.text == message.content
+    assert local.completion_tokens == message.completion_tokens
+
+
+# ---- (b), (c) stop ----------------------------------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_stop_mid_stream_keeps_the_partial_text(worker, layer):
+    user, conv = await make_conversation("bob", max_tokens=1000)
+    comm = await connect(user, conv)
+    await comm.send_json_to({"action": "send", "content": LONG})
+    frames = await frames_until(comm, lambda f: f["type"] == "events" and any(e["kind"] == "text" for e in f["events"]))
+    reply_id = frames[-1]["message"]
+    await comm.send_json_to({"action": "stop"})  # sets the stop flag in Redis
+    frames += await frames_until(comm, lambda f: f["type"] == "final")
+    await comm.disconnect()
+
+    message = await get_message(reply_id)
+    assert message.status == "stopped"
+    assert message.content.strip() and streamed_text(frames, reply_id) == message.content
+    assert 0 < message.completion_tokens < 1000
+    done = [e for f in frames if f["type"] == "events" for e in f["events"] if e["kind"] == "done"]
+    assert done and done[0]["status"] == "stopped" and done[0]["stats"]["finish_reason"] == "stopped"
+    assert message.worker_id == worker.worker_id
+    assert not is_stop_requested(str(reply_id))  # the worker cleared its flag
+
+
+@pytest.mark.asyncio
+async def test_stop_requested_before_the_job_is_enqueued(worker, layer):
+    _, conv = await make_conversation("carol", max_tokens=200)
+    reply = await send(conv, LONG)
+    request_stop(str(reply.pk))
+    async with GroupListener(layer, conv.pk) as listener:
+        dispatch.enqueue(str(reply.pk), reply.model_name)
+        await listener.until(lambda: listener.done(reply.pk))
+
+    events = listener.events[reply.pk]
+    assert_contiguous(events)
+    assert [e["kind"] for e in events] == ["start", "done"] and events[-1]["status"] == "stopped"
+    message = await get_message(reply.pk)
+    assert message.status == "stopped" and message.content == "" and message.completion_tokens == 0
+    assert message.worker_id == worker.worker_id  # the worker claimed it, then honoured the flag
+    assert message.finished_at is not None
+    assert not is_stop_requested(str(reply.pk))
+
+
+@pytest.mark.asyncio
+async def test_stop_while_queued_behind_another_generation(worker, layer):
+    _, conv_a = await make_conversation("dave", max_tokens=1000)
+    _, conv_b = await make_conversation("erin", max_tokens=1000)
+    first = await send(conv_a, LONG)
+    second = await send(conv_b, LONG)
+    async with GroupListener(layer, conv_a.pk) as a, GroupListener(layer, conv_b.pk) as b:
+        dispatch.enqueue(str(first.pk), MODEL)
+        await a.until(lambda: a.text(first.pk))  # the worker (one job at a time) is busy with the first
+        dispatch.enqueue(str(second.pk), MODEL)
+        dispatch.stop(str(second.pk))
+        assert (await get_message(second.pk)).status == "pending"
+        dispatch.stop(str(first.pk))
+        await a.until(lambda: a.done(first.pk))
+        await b.until(lambda: b.done(second.pk))
+
+    first, second = await get_message(first.pk), await get_message(second.pk)
+    assert first.status == "stopped" and first.content.strip() and first.content == a.text(first.pk)
+    assert second.status == "stopped" and second.content == "" and second.completion_tokens == 0
+    assert second.worker_id == worker.worker_id
+    assert [e["kind"] for e in b.events[second.pk]] == ["start", "done"]
+
+
+# ---- (d) a worker that cannot load its model ------------------------------------------------------
+
+def test_worker_that_cannot_load_its_model_exits_non_zero(django_db_setup, redis_db, tmp_path):
+    missing = tmp_path / "no-such-model.gguf"
+    bad = WorkerProcess("cpu-broken", "device.cpu", tmp_path,
+                        SMOLSITE_MODELS=json.dumps({MODEL: {"path": str(missing), "device": "cpu"}}))
+    bad.start()
+    try:
+        code = bad.proc.wait(START_TIMEOUT)
+    finally:
+        bad.stop(signal.SIGKILL)
+    stderr = bad.stderr_path.read_text()
+    assert code == 3, bad.logs()
+    assert f"smolsite: device worker 'cpu' cannot load its models: model '{MODEL}': model file not found: {missing}" \
+        in stderr
+    assert not [w for w in alive_workers() if w["id"].endswith(f":{bad.pid}")]
+
+
+# ---- (e) a worker killed mid-generation -------------------------------------------------------------
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_worker_killed_mid_generation_is_reaped_as_interrupted(redis_db, layer, tmp_path):
+    # A worker of its own, on a queue of its own, so the module's worker cannot take the job.
+    queue = f"device.cpu-victim-{os.getpid()}"
+    victim = WorkerProcess("cpu-victim", queue, tmp_path)
+    await asyncio.to_thread(lambda: victim.start().wait_ready())
+    try:
+        _, conv = await make_conversation("frank", max_tokens=2000)
+        reply = await send(conv, LONG)
+        async with GroupListener(layer, conv.pk) as listener:
+            from inference.tasks import generate
+
+            generate.apply_async(args=[str(reply.pk)], queue=queue)
+            # Wait until the worker has saved partial text (it saves at least once a second).
+            async with asyncio.timeout(GEN_TIMEOUT):
+                while not (message := await get_message(reply.pk)).content:
+                    assert message.status in Message.ACTIVE, message.status
+                    await asyncio.sleep(0.1)
+            victim.stop(signal.SIGKILL)
+            assert victim.proc.returncode == -signal.SIGKILL
+
+            killed = await get_message(reply.pk)
+            assert killed.status == "streaming" and killed.content and killed.worker_id == victim.worker_id
+            assert listener.done(reply.pk) is None
+            # Its heartbeat outlives it by up to its TTL: until then the reaper leaves the row alone.
+            assert await database_sync_to_async(reap)() == 0
+            async with asyncio.timeout(60):
+                while is_alive(victim.worker_id):
+                    await asyncio.sleep(0.5)
+            assert await database_sync_to_async(reap)() == 1
+
+            message = await get_message(reply.pk)
+            assert message.status == "interrupted"
+            assert message.content == killed.content  # the partial text is kept
+            assert "worker stopped" in message.error and message.finished_at is not None
+            # Open clients are told: a "done" event numbered after the last persisted one.
+            await listener.until(lambda: listener.done(reply.pk), timeout=30)
+            done = listener.done(reply.pk)
+            assert done["status"] == "interrupted" and done["seq"] == killed.stream_seq + 1
+    finally:
+        victim.stop(signal.SIGKILL)
+
+
+# ---- (f) /readyz --------------------------------------------------------------------------------------
+
+def test_readyz_lists_the_worker_and_is_503_without_one(worker, client):
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.content
+    checks = response.json()["checks"]
+    assert checks["database"]["ok"] and checks["channel_layer"]["ok"]
+    listed = [w for w in checks["workers"]["workers"] if w["id"] == worker.worker_id]
+    assert listed and listed[0]["models"] == [MODEL] and listed[0]["device"] == "cpu"
+
+    # A clean shutdown takes the worker's heartbeat with it.
+    assert worker.stop() == 0, worker.logs()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "not ready"
+    assert body["checks"]["database"]["ok"] and body["checks"]["channel_layer"]["ok"]
+    assert body["checks"]["workers"] == {"ok": False, "workers": [],
+                                         "error": "no device worker with a loaded model"}
