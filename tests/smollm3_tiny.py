@@ -14,8 +14,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-REFERENCE_DIR = Path(os.environ.get("SMOLSITE_REFERENCE_DIR", "/work/shared/reference"))
-TEMPLATE_PATH = REFERENCE_DIR / "smollm3_chat_template.jinja"
+# SmolLM3's published chat template (Apache-2.0), as carried in its GGUF metadata.
+TEMPLATE_PATH = Path(__file__).resolve().parent / "data" / "smollm3_chat_template.jinja"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Toy sizes; the real SmolLM3-3B is 36 layers, width 2048, 16 heads, 4 KV heads, ff 11008.
