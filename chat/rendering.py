@@ -27,7 +27,8 @@ def render_message(message, user=None):
 def thread_context(conversation):
     branch = conversation.branch()
     by_parent = {}
-    for m in conversation.messages.only("id", "parent_id", "role", "created_at").order_by("created_at", "id"):
+    for m in Message.objects.filter(conversation_id=conversation.pk).only("id", "parent_id", "role", "created_at") \
+            .order_by("created_at", "id"):
         by_parent.setdefault((m.parent_id, m.role), []).append(m.id)
     items = [message_context(m, by_parent.get((m.parent_id, m.role), [m.id])) for m in branch]
     return {"conversation": conversation, "items": items,

@@ -529,3 +529,32 @@ def test_a_chat_whose_model_was_removed_still_opens(client, alice):
     page = client.get(reverse("chat:conversation", args=[conv.pk])).content.decode()
     assert "no longer configured on the server" in page
     assert '<option value="retired-model" selected disabled>retired-model (gone)</option>' in page
+
+
+# ---- scale ---------------------------------------------------------------------------------
+
+def _queries_for(client, url, **headers):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        assert client.get(url, **headers).status_code == 200
+    return len(ctx.captured_queries)
+
+
+def test_page_and_search_query_counts_do_not_grow_with_the_history(client, alice):
+    small = make_conversation(alice, "small")
+    for i in range(3):
+        add_turn(small, f"question {i}", f"answer {i}")
+    big = make_conversation(alice, "big")
+    for i in range(300):
+        add_turn(big, f"question {i}", f"answer {i} with **markdown**")
+    for i in range(40):
+        make_conversation(alice, f"other {i}")
+    small_url, big_url = (reverse("chat:conversation", args=[c.pk]) for c in (small, big))
+    assert _queries_for(client, big_url) == _queries_for(client, small_url)
+    assert client.get(big_url).content.decode().count('class="msg ') == 600
+    # Search: one query for the matches plus one snippet query per chat matched by message text.
+    url = reverse("chat:list") + "?q=answer 299"
+    assert _queries_for(client, url, **HX) == _queries_for(client, reverse("chat:list") + "?q=small", **HX) + 1
+    assert "big" in client.get(url, **HX).content.decode()
