@@ -414,7 +414,10 @@ def summarize(name, runs, raws, raw_text):
     if raws is not None:
         raw_tps, raw_ttft = median([r["tps"] for r in raws]), median([r["ttft"] for r in raws])
         line.update(raw_tps=round(raw_tps, 2), raw_ttft_ms=ms(raw_ttft), tps_ratio=round(tps / raw_tps, 4),
-                    ttft_delta_ms=round((ttft - raw_ttft) * 1000, 1))
+                    ttft_delta_ms=round((ttft - raw_ttft) * 1000, 1),
+                    # Each run against the raw run beside it: steadier than the ratio of medians
+                    # when the machine drifts between rounds.
+                    paired_tps_ratio=round(median([r["tps"] / w["tps"] for r, w in zip(runs, raws)]), 4))
         if runs and "service_tps" in runs[0]:
             line["service_reported"] = {"tps": round(median([r["service_tps"] for r in runs]), 2),
                                         "ttft_ms": ms(median([r["service_ttft"] for r in runs]))}
