@@ -6,6 +6,7 @@ the worker's own otherwise). One send per flush, never per token.
 """
 import asyncio
 import logging
+import os
 import threading
 import time
 
@@ -14,10 +15,10 @@ from channels.layers import get_channel_layer
 logger = logging.getLogger(__name__)
 
 # The first text goes out at once (time to first token); later text in batches this far apart.
-# Every batch wakes the publishing loop, Redis and each subscriber: on a 2-core machine whose
-# cores both decode, 25 ms batches cost the scaled-out path ~10% of its tokens/s, 100 ms ~2%
-# (bench/run.py); 10 updates a second still reads as a smooth stream.
-FLUSH_SECONDS = 0.1
+# Every batch wakes the publishing loop, Redis and each subscriber, which the decoding threads
+# feel on 2 cores: with the pub/sub layer 25 ms batches kept ~97.5% of raw tokens/s on the
+# Celery path and 50 ms ~100% (bench/run.py; the list-based layer needed 100 ms for that).
+FLUSH_SECONDS = float(os.environ.get("SMOLSITE_FLUSH_MS", "50")) / 1000
 EVENT_TYPE = "gen.events"  # handled by the consumer's gen_events method
 
 _local = threading.local()

@@ -105,14 +105,22 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # redis-py >= 8 times socket reads out after 5 s by default, no longer than the blocking
-            # BZPOPMIN channels-redis receives with (5 s): idle consumers would die with TimeoutError.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 60},
+    # Pub/sub costs one PUBLISH per batch, against several round trips per group_send for the
+    # list-based layer; both lose events only a reconnect resynchronises from the database.
+    if os.environ.get("SMOLSITE_CHANNEL_LAYER", "pubsub") == "pubsub":
+        CHANNEL_LAYERS = {"default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL}]},
+        }}
+    else:
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                # redis-py >= 8 times socket reads out after 5 s by default, no longer than the blocking
+                # BZPOPMIN channels-redis receives with (5 s): idle consumers would die with TimeoutError.
+                "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 60},
+            }
         }
-    }
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

@@ -190,7 +190,7 @@ def _fresh_channel_layer():
 @pytest_asyncio.fixture
 async def layer():
     layer = get_channel_layer()
-    assert type(layer).__name__ == "RedisChannelLayer"
+    assert type(layer).__name__ in ("RedisChannelLayer", "RedisPubSubChannelLayer")
     yield layer
     # channels-redis closes this loop's connections when pytest-asyncio closes the loop.
 
