@@ -28,6 +28,25 @@ def loaded_engine(default_model_path):
 
 
 @pytest.fixture
+def bundled_engine(default_model_path):
+    """Makes engines holding the bundled model under another name and context size; unloads them after."""
+    from inference.engine import Engine
+    from inference.models import ModelConfig
+
+    engines = []
+
+    def make(name="m", n_ctx=2048, **options):
+        engine = Engine()
+        engine.load([ModelConfig(name=name, path=default_model_path, n_ctx=n_ctx, options=options)])
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.unload_all()
+
+
+@pytest.fixture
 def plugin_manager_reset():
     from inference import plugins
 

@@ -8,8 +8,6 @@ from chat.models import Conversation, Message
 from inference.stop import request_stop
 from inference.tasks import generate
 from inference.testing import MemoryStore, RecordingPublisher, make_request, run_request
-from inference.engine import Engine
-from inference.models import ModelConfig
 from inference.service import GenerationService
 
 QUESTION = "Write a short poem about the sea."
@@ -92,15 +90,8 @@ def test_stop_mid_stream_keeps_partial_text(loaded_engine):
     assert store.results["mid"].text == result.text
 
 
-@pytest.fixture(scope="module")
-def small_context_engine(default_model_path):
-    engine = Engine()
-    engine.load([ModelConfig(name="small-ctx", path=default_model_path, n_ctx=1024)])
-    yield engine
-    engine.unload_all()
-
-
-def test_context_overflow_drops_oldest_turns(small_context_engine):
+def test_context_overflow_drops_oldest_turns(bundled_engine):
+    small_context_engine = bundled_engine("small-ctx", n_ctx=1024)
     filler = "lorem ipsum dolor sit amet " * 15  # ~100 tokens a turn
     request = make_request("small-ctx", "And now?", max_tokens=16)
     history = []

@@ -1,19 +1,9 @@
 """A conversation's KV state survives another conversation using the model in between."""
 import pytest
 
-from inference.engine import Engine
-from inference.models import ModelConfig
 from inference.testing import make_request, run_request
 
 FACTS = " ".join(f"Fact {i}: {i} squared is {i * i}." for i in range(40))
-
-
-@pytest.fixture(scope="module")
-def engine(default_model_path):
-    engine = Engine()
-    engine.load([ModelConfig(name="m", path=default_model_path, n_ctx=2048)])
-    yield engine
-    engine.unload_all()
 
 
 def turn(engine, key, messages):
@@ -22,7 +12,8 @@ def turn(engine, key, messages):
     return run_request(engine, request)[0]
 
 
-def test_returning_conversation_reuses_its_saved_state(engine, default_model_path):
+def test_returning_conversation_reuses_its_saved_state(bundled_engine):
+    engine = bundled_engine()
     first = [{"role": "user", "content": FACTS + " What is 7 squared?"}]
     a1 = turn(engine, "conversation-a", first)
     assert a1.cached_tokens == 0
@@ -32,43 +23,30 @@ def test_returning_conversation_reuses_its_saved_state(engine, default_model_pat
     a2 = turn(engine, "conversation-a", follow_up)
     assert a2.cached_tokens >= a1.prompt_tokens
     # The restored state is the right one: a fresh model gives the same greedy answer.
-    fresh = Engine()
-    fresh.load([ModelConfig(name="m", path=default_model_path, n_ctx=2048)])
-    try:
-        request = make_request("m", "", max_tokens=12)
-        request.messages = follow_up
-        cold = run_request(fresh, request)[0]
-    finally:
-        fresh.unload_all()
+    request = make_request("m", "", max_tokens=12)
+    request.messages = follow_up
+    cold = run_request(bundled_engine(), request)[0]
     assert cold.cached_tokens == 0
     assert a2.text == cold.text
 
 
-def test_without_a_session_key_nothing_is_saved(default_model_path):
-    engine = Engine()
-    engine.load([ModelConfig(name="m", path=default_model_path, n_ctx=1024)])
-    try:
-        turn(engine, "", [{"role": "user", "content": FACTS[:300]}])
-        turn(engine, "", [{"role": "user", "content": "Something else. " + FACTS[:300]}])
-        assert len(engine.backend("m").states.entries) == 0
-    finally:
-        engine.unload_all()
+def test_without_a_session_key_nothing_is_saved(bundled_engine):
+    engine = bundled_engine(n_ctx=1024)
+    turn(engine, "", [{"role": "user", "content": FACTS[:300]}])
+    turn(engine, "", [{"role": "user", "content": "Something else. " + FACTS[:300]}])
+    assert len(engine.backend("m").states.entries) == 0
 
 
-def test_budget_evicts_the_least_recently_used_state(default_model_path):
-    engine = Engine()
-    engine.load([ModelConfig(name="m", path=default_model_path, n_ctx=1024)])
-    try:
-        states = engine.backend("m").states
-        turn(engine, "x", [{"role": "user", "content": "x " + FACTS[:300]}])
-        turn(engine, "y", [{"role": "user", "content": "y " + FACTS[:300]}])
-        one = states.size  # x's state, saved when y took the model
-        assert list(states.entries) == ["x"] and one > 0
-        states.budget = int(one * 2.5)
-        turn(engine, "z", [{"role": "user", "content": "z " + FACTS[:300]}])
-        assert list(states.entries) == ["x", "y"]
-        turn(engine, "w", [{"role": "user", "content": "w " + FACTS[:300]}])
-        assert list(states.entries) == ["y", "z"]  # x was the oldest
-        assert states.size <= states.budget
-    finally:
-        engine.unload_all()
+def test_budget_evicts_the_least_recently_used_state(bundled_engine):
+    engine = bundled_engine(n_ctx=1024)
+    states = engine.backend("m").states
+    turn(engine, "x", [{"role": "user", "content": "x " + FACTS[:300]}])
+    turn(engine, "y", [{"role": "user", "content": "y " + FACTS[:300]}])
+    one = states.size  # x's state, saved when y took the model
+    assert list(states.entries) == ["x"] and one > 0
+    states.budget = int(one * 2.5)
+    turn(engine, "z", [{"role": "user", "content": "z " + FACTS[:300]}])
+    assert list(states.entries) == ["x", "y"]
+    turn(engine, "w", [{"role": "user", "content": "w " + FACTS[:300]}])
+    assert list(states.entries) == ["y", "z"]  # x was the oldest
+    assert states.size <= states.budget
