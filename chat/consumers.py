@@ -10,6 +10,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from inference import dispatch
+from inference.publish import remember_server_loop
 
 from . import actions
 from .models import Conversation, Message
@@ -30,6 +31,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not self.user or not self.user.is_authenticated or not await self._owns():
             await self.close(code=4403)
             return
+        remember_server_loop(asyncio.get_running_loop())
         self.group = f"conv.{self.conversation_id}"
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
@@ -131,6 +133,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         last = self.sent_seq.get(message_id, 0)
         fresh = [e for e in event["events"] if e["seq"] > last]
         if not fresh:
+            # An end announced by someone else (the reaper numbers from the saved text, which
+            # may lag what this tab has seen) still ends the message here.
+            if any(e["kind"] == "done" for e in event["events"]):
+                await self._send_final(message_id)
             return
         if fresh[0]["seq"] != last + 1 and fresh[0]["kind"] != "done":
             # Events were published before this socket joined the group: re-read the

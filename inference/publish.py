@@ -26,9 +26,19 @@ _loop_thread = None
 _loop_thread_lock = threading.Lock()
 
 
+_server_loop = None
+
+
 def set_thread_loop(loop):
     """Embedded worker: publish on the web server's loop (the in-memory layer lives there)."""
     _local.loop = loop
+
+
+def remember_server_loop(loop):
+    """The web server's loop, for publishers in its other threads (the reaper): the in-memory
+    layer is not thread-safe, so they must send on the loop its consumers wait on."""
+    global _server_loop
+    _server_loop = loop
 
 
 def _own_loop():
@@ -43,7 +53,10 @@ def _own_loop():
 
 
 def publish_loop():
-    return getattr(_local, "loop", None) or _own_loop()
+    loop = getattr(_local, "loop", None)
+    if loop is None and _server_loop is not None and _server_loop.is_running():
+        loop = _server_loop
+    return loop or _own_loop()
 
 
 class Publisher:

@@ -221,3 +221,29 @@ async def test_foreign_origin_and_anonymous_users_are_refused(loaded_engine):
     assert not connected
     comm, connected, code = await connect(AnonymousUser(), conv.pk)
     assert not connected and code == 4403
+
+
+async def test_reaped_message_ends_on_an_open_tab_even_when_its_seq_lags(loaded_engine):
+    from chat.reaper import reap
+
+    user, conv = await make_conversation("reaped")
+
+    @database_sync_to_async
+    def orphan():
+        q = Message.objects.create(conversation=conv, role="user", content="hi")
+        return Message.objects.create(conversation=conv, parent=q, role="assistant", status="streaming",
+                                      content="partial", stream_seq=3, worker_id="cpu@gone:1")
+
+    message = await orphan()
+    comm, _, _ = await connect(user, conv.pk)
+    snapshot = json.loads(await comm.receive_from(timeout=10))
+    assert snapshot["type"] == "snapshot" and snapshot["seq"] == 3
+    # This tab saw events past the saved text before the worker died.
+    await comm.send_input({"type": "gen.events", "message": message.pk,
+                           "events": [{"seq": 4, "kind": "text", "text": " more"},
+                                      {"seq": 5, "kind": "text", "text": " text"}]})
+    await receive_until(comm, lambda f: f["type"] == "events")
+    assert await database_sync_to_async(reap)() == 1  # announces done with seq 4
+    frames = await receive_until(comm, is_final)
+    assert 'data-status="interrupted"' in frames[-1]["html"]
+    await comm.disconnect()
