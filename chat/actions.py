@@ -5,6 +5,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from inference.models import UnknownModel, get_model
+
 from .models import Conversation, Message
 
 
@@ -36,6 +38,11 @@ def _lock(conversation_id):
     conv = Conversation.objects.select_for_update().get(pk=conversation_id)
     if conv.messages.filter(status__in=Message.ACTIVE).exists():
         raise ActionError("An answer is still being generated: wait for it or press Stop.")
+    try:
+        get_model(conv.model)
+    except UnknownModel:
+        raise ActionError(f"This chat's model {conv.model!r} is no longer configured on the server: "
+                          "pick another model.") from None
     return conv
 
 

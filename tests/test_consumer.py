@@ -247,3 +247,20 @@ async def test_reaped_message_ends_on_an_open_tab_even_when_its_seq_lags(loaded_
     frames = await receive_until(comm, is_final)
     assert 'data-status="interrupted"' in frames[-1]["html"]
     await comm.disconnect()
+
+
+async def test_send_in_a_chat_whose_model_was_removed_is_refused_and_writes_nothing(loaded_engine):
+    user, conv = await make_conversation("retired")
+    await database_sync_to_async(Conversation.objects.filter(pk=conv.pk).update)(model="retired-model")
+    comm, connected, _ = await connect(user, conv.pk)
+    assert connected
+    await comm.send_json_to({"action": "send", "content": "Hello?"})
+    frame = json.loads(await comm.receive_from(timeout=10))
+    assert frame["type"] == "error" and frame["action"] == "send"
+    assert "retired-model" in frame["error"]
+    assert await database_sync_to_async(Message.objects.filter(conversation=conv).count)() == 0
+    # The socket stays usable.
+    await comm.send_json_to({"action": "stop"})
+    frame = json.loads(await comm.receive_from(timeout=10))
+    assert frame["type"] == "error" and "Nothing is being generated" in frame["error"]
+    await comm.disconnect()
