@@ -128,8 +128,8 @@ class GenerationService:
         reasoning_started = reasoning_ended = None
         pub.emit("start", model=request.model)
         pub.flush()
-        pm.hook.generation_started(request=request)
         try:
+            pm.hook.generation_started(request=request)
             if should_stop():
                 result.status, result.finish_reason = "stopped", "stopped"
             else:

@@ -131,3 +131,37 @@ def test_celery_task_generates_into_the_message_row(loaded_engine, raw_reference
     generate.apply(args=[str(reply.pk)], throw=True)
     reply.refresh_from_db()
     assert reply.content == text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_plugin_failing_at_the_start_still_ends_the_message_as_an_error(loaded_engine, plugin_manager_reset):
+    from chat.store import MessageStore
+    from inference.hookspecs import hookimpl
+    from inference.plugins import build_plugin_manager
+
+    class BrokenObserver:
+        @hookimpl
+        def generation_started(self, request):
+            raise RuntimeError("metrics store unreachable")
+
+    pm = build_plugin_manager()
+    pm.register(BrokenObserver(), name="broken-observer")
+    plugin_manager_reset.reset(pm)
+    user = get_user_model().objects.create_user("t", password="pw-123456789")
+    conv = Conversation.objects.create(owner=user, model="smollm2-135m", temperature=0.0, max_tokens=MAX)
+    question = Message.objects.create(conversation=conv, role="user", content=QUESTION)
+    reply = Message.objects.create(conversation=conv, parent=question, role="assistant", status="pending",
+                                   model_name="smollm2-135m")
+    RecordingPublisher.instances.clear()
+    service = GenerationService(engine=loaded_engine, store=MessageStore(),
+                                publisher_factory=RecordingPublisher)
+    request = service.store.claim(str(reply.pk), "test-worker")
+    try:
+        service.run(request)
+    except RuntimeError:
+        pass  # the row, not the caller, is what must show the failure
+    reply.refresh_from_db()
+    assert reply.status == "error" and "metrics store unreachable" in reply.error
+    assert reply.finished_at is not None
+    events = RecordingPublisher.instances[-1].events
+    assert events[-1]["kind"] == "done" and events[-1]["status"] == "error"
