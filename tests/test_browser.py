@@ -477,3 +477,49 @@ def test_phone_width_and_keyboard(browser, account, server):
     page.wait_for_selector("#settings-panel", state="hidden")
     assert page.evaluate("document.activeElement.hasAttribute('data-settings-toggle')")
     context.close()
+
+
+# Page-side record of every frame the socket delivers, before chat.js handles it.
+RECORD_FRAMES = """
+window.__frames = [];
+document.addEventListener('htmx:wsBeforeMessage', (evt) => {
+  try { window.__frames.push(JSON.parse(evt.detail.message)); } catch (err) {}
+});
+"""
+
+
+def test_answer_started_in_another_tab_ends_here_even_if_it_ends_while_the_thread_loads(page, browser, account,
+                                                                                       server):
+    conv = new_chat(page, "echo")
+    url = page.url
+    before_answer = page.request.get(url).text()  # this tab's page, rendered just before the answer exists
+    other = browser.new_context(viewport={"width": 1280, "height": 800}, storage_state=account).new_page()
+    other.set_default_timeout(WAIT_MS)
+    other.goto(url)
+    other.wait_for_selector("#composer-input")
+    expected = words(120, "t")
+    reply = send(other, expected)
+
+    # The page arrives without the answer; its socket opens while the answer streams, so the server
+    # sends a snapshot of a message the page does not show and the page fetches the thread. Those
+    # responses are rendered mid-answer but arrive (a slow network) only after the answer has ended.
+    page.context.grant_permissions(["local-network-access"], origin=server.url)  # a routed document's socket
+    page.route(url, lambda route: route.fulfill(status=200, content_type="text/html; charset=utf-8",
+                                                body=before_answer))
+    held = []
+    page.route(re.compile(rf"/c/{conv}/thread/"), lambda route: held.append((route, route.fetch())))
+    page.add_init_script(RECORD_FRAMES + PREFIX_WATCH % {"id": reply, "expected": json.dumps(expected)})
+    page.goto(url)
+    page.wait_for_function("window.__frames.some(f => f.type === 'final' && f.message === %d)" % reply)
+    assert server.message(reply)["status"] == "done"
+    assert held and all(f'id="msg-{reply}"' in response.text() for _, response in held)
+    assert f'data-message="{reply}" data-role="assistant" data-status="streaming"' in held[0][1].text()
+    page.unroute(re.compile(rf"/c/{conv}/thread/"))
+    for route, response in held:
+        route.fulfill(response=response)
+
+    assert wait_final(page, reply) == "done"
+    assert content_text(page, reply) == expected
+    assert page.is_visible("#send-button") and not page.is_visible("#stop-button")
+    assert page.evaluate("window.__violations") == []
+    other.context.close()

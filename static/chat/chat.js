@@ -207,8 +207,9 @@
   function onSnapshot(frame) {
     const el = article(frame.message);
     if (!el) {
-      // Started elsewhere while this page was away: fetch the branch that shows it.
-      refreshThread();
+      // Started elsewhere while this page was away: fetch the branch that shows it, then catch up
+      // on it (its events and final frame went nowhere while the page did not show it).
+      refreshThread(() => sendFrame({ action: "resume", message: frame.message }));
       return;
     }
     keepingBottom(() => {
