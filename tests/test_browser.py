@@ -514,7 +514,6 @@ def test_answer_started_in_another_tab_ends_here_even_if_it_ends_while_the_threa
     assert server.message(reply)["status"] == "done"
     assert held and all(f'id="msg-{reply}"' in response.text() for _, response in held)
     assert f'data-message="{reply}" data-role="assistant" data-status="streaming"' in held[0][1].text()
-    page.unroute(re.compile(rf"/c/{conv}/thread/"))
     for route, response in held:
         route.fulfill(response=response)
 
@@ -523,3 +522,65 @@ def test_answer_started_in_another_tab_ends_here_even_if_it_ends_while_the_threa
     assert page.is_visible("#send-button") and not page.is_visible("#stop-button")
     assert page.evaluate("window.__violations") == []
     other.context.close()
+
+
+
+def test_reconnect_never_shows_a_gap_while_the_redrawn_answer_waits_for_its_snapshot(page, server):
+    # Every chat socket goes through Playwright, which can hold the page's frames back like a slow uplink.
+    sockets, held_resumes = [], []
+
+    def relay(ws):
+        upstream = ws.connect_to_server()
+
+        def from_page(message):
+            if len(sockets) > 1 and '"resume"' in message:
+                held_resumes.append(message)
+            else:
+                upstream.send(message)
+
+        ws.on_message(from_page)
+        sockets.append((ws, upstream))
+
+    def wait_until(condition):
+        while not condition():
+            page.wait_for_timeout(20)
+
+    page.route_web_socket(re.compile(r"/ws/chat/\d+/$"), relay)
+    conv = new_chat(page, "echo")
+    expected = words(400, "g")
+    reply = send(page, expected)
+    page.evaluate(RECORD_FRAMES + PREFIX_WATCH % {"id": reply, "expected": json.dumps(expected)})
+    page.wait_for_function(f"(document.querySelector('#msg-{reply} .content')?.textContent || '').length > "
+                           f"{len(words(40))}")
+
+    # The thread the page fetches after reconnecting is rendered at once, from the text saved so far,
+    # and arrives once the page has shown more than that.
+    held_threads = []
+
+    def hold_first(route):
+        if held_threads:
+            route.continue_()
+        else:
+            held_threads.append((route, route.fetch()))
+
+    page.route(re.compile(rf"/c/{conv}/thread/"), hold_first)
+    sockets[-1][0].close(code=1012, reason="test drops the connection")
+    wait_until(lambda: held_threads)
+    route, response = held_threads[0]
+    saved_seq = int(re.search(rf'id="msg-{reply}"[^>]*data-seq="(\d+)"', response.text()).group(1))
+    page.wait_for_function(
+        f"window.__frames.some(f => f.type === 'events' && f.message === {reply} && "
+        f"f.events.some(e => e.seq > {saved_seq + 1}))")
+    route.fulfill(response=response)
+
+    # The redrawn answer, behind what the page had shown, asks for a snapshot. Events that reach the
+    # page before the snapshot does must not be drawn onto the older text.
+    wait_until(lambda: held_resumes)
+    seen = page.evaluate("window.__frames.length")
+    page.wait_for_function(f"window.__frames.slice({seen}).some(f => f.type === 'events' && f.message === {reply})")
+    for message in held_resumes:
+        sockets[-1][1].send(message)
+    held_resumes.clear()
+    assert wait_final(page, reply) == "done"
+    assert content_text(page, reply) == expected == server.message(reply)["content"]
+    assert page.evaluate("window.__violations") == []

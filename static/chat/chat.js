@@ -9,6 +9,9 @@
   const RECONNECT_CODES = new Set([1006, 1011, 1012, 1013]);
   const lastSeq = new Map(); // message id -> last event seq folded into the page
   const timers = new Map(); // message id -> reasoning timer
+  // Messages whose page text is older than the events now arriving: they wait for the snapshot
+  // a "resume" brings, since drawing those events onto the older text would leave a gap.
+  const resuming = new Set();
   let socket = null; // the ws extension's public socket wrapper
   let everOpened = false;
   let draft = null; // what the composer held when it was sent, restored if the server refuses it
@@ -27,6 +30,11 @@
   }
 
   // ---- sending ------------------------------------------------------------------------
+  function resume(id) {
+    resuming.add(id);
+    sendFrame({ action: "resume", message: id });
+  }
+
   function sendFrame(frame) {
     if (!socket) {
       showError("Still connecting to the server: try again in a moment.");
@@ -190,7 +198,7 @@
 
   function onEvents(frame) {
     const el = article(frame.message);
-    if (!el) return;
+    if (!el || resuming.has(frame.message)) return;
     let last = lastSeq.has(frame.message) ? lastSeq.get(frame.message) : Number(el.dataset.seq || 0);
     keepingBottom(() => {
       for (const e of frame.events) {
@@ -209,9 +217,10 @@
     if (!el) {
       // Started elsewhere while this page was away: fetch the branch that shows it, then catch up
       // on it (its events and final frame went nowhere while the page did not show it).
-      refreshThread(() => sendFrame({ action: "resume", message: frame.message }));
+      refreshThread(() => resume(frame.message));
       return;
     }
+    resuming.delete(frame.message);
     keepingBottom(() => {
       const content = $(".content", el);
       if (ACTIVE.has(frame.status) || !content.classList.contains("markdown")) content.textContent = frame.content;
@@ -234,6 +243,7 @@
 
   function onFinal(frame) {
     const el = article(frame.message);
+    resuming.delete(frame.message);
     if (!el) return;
     const keepOpen = $(".thinking", el)?.dataset.userToggled && $(".thinking", el).open;
     const fresh = fragment(frame.html);
@@ -261,7 +271,7 @@
       lastSeq.set(id, seq);
       const details = $(".thinking", el);
       if (details && !details.hidden && !$(".content", el).textContent) startTimer(String(id), details);
-      if (behind) sendFrame({ action: "resume", message: id });
+      if (behind) resume(id);
     }
     syncGenerating();
   }
@@ -289,7 +299,7 @@
 
   function resumeActive() {
     for (const el of $$("#thread .msg")) {
-      if (isActive(el)) sendFrame({ action: "resume", message: Number(el.dataset.message) });
+      if (isActive(el)) resume(Number(el.dataset.message));
     }
   }
 
