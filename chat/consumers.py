@@ -79,7 +79,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await handler(frame)
         except actions.ActionError as exc:
             await self.error(str(exc), action=action)
-        except (TypeError, ValueError, KeyError):
+        except (TypeError, ValueError, KeyError, OverflowError):  # OverflowError: int(1e400)
             await self.error(f"Malformed {action!r} frame.", action=action)
 
     async def do_send(self, frame):

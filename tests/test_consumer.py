@@ -90,6 +90,9 @@ async def test_other_users_conversation_is_refused(loaded_engine):
     (json.dumps({"action": "send", "content": "   "}), "empty message"),
     (json.dumps({"action": "edit", "message": "abc", "content": "x"}), "Malformed"),
     (json.dumps({"action": "send", "content": "x" * 70000}), "too large"),
+    ('{"action": "edit", "message": 1e400, "content": "x"}', "Malformed"),
+    ('{"action": "regenerate", "message": -1e400}', "Malformed"),
+    (json.dumps({"action": "edit", "message": 10 ** 30, "content": "x"}), "cannot be edited"),
 ])
 async def test_malformed_frames_get_an_error_and_write_nothing(loaded_engine, payload, expected):
     user, conv = await make_conversation()
