@@ -584,3 +584,42 @@ def test_reconnect_never_shows_a_gap_while_the_redrawn_answer_waits_for_its_snap
     assert wait_final(page, reply) == "done"
     assert content_text(page, reply) == expected == server.message(reply)["content"]
     assert page.evaluate("window.__violations") == []
+
+
+def test_snapshot_of_a_version_on_another_branch_redraws_the_thread_once(page, server):
+    sockets, from_page = [], []
+
+    def relay(ws):
+        upstream = ws.connect_to_server()
+
+        def forward(message):
+            from_page.append(json.loads(message))
+            upstream.send(message)
+
+        ws.on_message(forward)
+        sockets.append(upstream)
+
+    page.route_web_socket(re.compile(r"/ws/chat/\d+/$"), relay)
+    conv = new_chat(page, "echo")
+    first = send(page, "alpha one")
+    assert wait_final(page, first) == "done"
+    before = assistant_ids(page)
+    page.click(f"#msg-{first} [data-regenerate]")
+    second = wait_new_answer(page, before)
+    assert wait_final(page, second) == "done"
+    assert not page.query_selector(f"#msg-{first}")
+
+    # A snapshot of the version this page does not show (what a page that was catching up on it gets
+    # after another tab switched versions): the page redraws the thread, which still does not show it.
+    fetches = []
+    page.route(re.compile(rf"/c/{conv}/thread/"), lambda route: (fetches.append(route.request.url), route.continue_()))
+    page.evaluate("document.getElementById('thread').dataset.mark = 'before'")
+    sockets[-1].send(json.dumps({"action": "resume", "message": first}))
+    page.wait_for_function("!document.querySelector('#thread[data-mark=before]')")
+    # Anything the page sent after the redraw reaches the server before this Stop does.
+    page.evaluate("document.getElementById('stop-button').click()")
+    while not any(f.get("action") == "stop" for f in from_page):
+        page.wait_for_timeout(20)
+    assert [f for f in from_page if f.get("action") == "resume"] == []
+    assert len(fetches) == 1
+    assert page.query_selector(f"#msg-{second}") and not page.query_selector(f"#msg-{first}")

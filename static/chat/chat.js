@@ -216,8 +216,9 @@
     const el = article(frame.message);
     if (!el) {
       // Started elsewhere while this page was away: fetch the branch that shows it, then catch up
-      // on it (its events and final frame went nowhere while the page did not show it).
-      refreshThread(() => resume(frame.message));
+      // on it (its events and final frame went nowhere while the page did not show it). A version
+      // the fresh branch does not show either is left alone: resuming it would redraw forever.
+      refreshThread(() => { if (article(frame.message)) resume(frame.message); });
       return;
     }
     resuming.delete(frame.message);
