@@ -190,6 +190,8 @@ SMOLSITE_SIGNUP_OPEN = env_bool("SMOLSITE_SIGNUP_OPEN", True)
 SMOLSITE_MAX_FRAME_BYTES = int(os.environ.get("SMOLSITE_MAX_FRAME_BYTES", "65536"))
 SMOLSITE_MAX_MESSAGE_CHARS = int(os.environ.get("SMOLSITE_MAX_MESSAGE_CHARS", "32000"))
 # A streaming message whose worker has not written for this long is marked interrupted.
-SMOLSITE_STALE_SECONDS = int(os.environ.get("SMOLSITE_STALE_SECONDS", "30"))
+# (A dead worker is noticed sooner, by its missing heartbeat; this catches a live but stuck one,
+# so it must be longer than the slowest prefill: 8k tokens of a 3B model on CPU take minutes.)
+SMOLSITE_STALE_SECONDS = int(os.environ.get("SMOLSITE_STALE_SECONDS", "600"))
 # A queued message whose model no live worker holds fails after this long (instead of waiting forever).
 SMOLSITE_QUEUE_SECONDS = int(os.environ.get("SMOLSITE_QUEUE_SECONDS", "120"))
