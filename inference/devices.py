@@ -1,4 +1,5 @@
-"""Which devices this llama.cpp build can run on; each gets a Celery queue ``device.<name>``."""
+"""Which devices this llama.cpp build can run on; each gets a Celery queue ``device.<name>``
+(see ``ModelConfig.queue``)."""
 import llama_cpp
 
 
@@ -10,6 +11,3 @@ def available_devices():
         devices.append("metal" if "METAL" in info else "cuda")
     return devices
 
-
-def queue_for(device):
-    return f"device.{device}"

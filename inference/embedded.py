@@ -80,11 +80,3 @@ def start_all():
 
     for device in sorted({m.device for m in all_models()}):
         get_worker(device)
-
-
-def stop_all():
-    with _lock:
-        workers = list(_workers.values())
-        _workers.clear()
-    for worker in workers:
-        worker.stop()
