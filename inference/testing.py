@@ -34,6 +34,7 @@ class RecordingPublisher:
         self._inner = Publisher(group="", message_id=message_id, layer=None, loop=object(),
                                 flush_seconds=flush_seconds)
         self.events = []
+        self.closed = False
         RecordingPublisher.instances.append(self)
 
     @property
@@ -54,10 +55,11 @@ class RecordingPublisher:
 
     def close(self, timeout=10):
         self.flush()
+        self.closed = True
 
 
-def run_request(engine, request, store=None):
-    """Run one request through the real GenerationService; returns (result, events)."""
+def run_service(engine, request, store=None):
+    """Run one request through the real GenerationService; returns (result, publisher, store)."""
     store = store or MemoryStore()
     publishers = []
 
@@ -67,7 +69,13 @@ def run_request(engine, request, store=None):
         return pub
 
     result = GenerationService(engine=engine, store=store, publisher_factory=factory).run(request)
-    return result, publishers[0].events
+    return result, publishers[0], store
+
+
+def run_request(engine, request, store=None):
+    """Run one request through the real GenerationService; returns (result, events)."""
+    result, publisher, _ = run_service(engine, request, store)
+    return result, publisher.events
 
 
 def make_request(model, content, request_id="t1", **params):

@@ -9,7 +9,8 @@ from inference.backends import GenerationRequest, SamplingParams
 from inference.engine import Engine
 from inference.gguf_info import read_gguf_info
 from inference.models import ModelConfig, model_features, model_info
-from smollm3_tiny import N_LAYER, run_service, smollm3_template, write_tiny_smollm3
+from inference.testing import run_service
+from smollm3_tiny import N_LAYER, smollm3_template, write_tiny_smollm3
 
 FIXED_DATE = {"strftime_now": lambda fmt: "01 January 2025"}  # renders compared within a test
 EMPTY_THINK = "<think>\n\n</think>\n"
