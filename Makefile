@@ -9,12 +9,30 @@ PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/smolsite
 # The Redis database the scaled-out tests use (and flush): keep it for them alone.
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/13
 
-.PHONY: run test worker test-sqlite test-postgres test-redis bench install install-test services clean
+.PHONY: llama-cpp run test worker test-sqlite test-postgres test-redis bench install install-test services clean
+
+# llama-cpp-python is built from source once per version, CMake flags and CPU into $(WHEELHOUSE) and
+# installed from there (tools/llama_cpp_wheel.py says why: AMX off, pip's cache bypassed). The
+# version is the one pinned in pyproject.toml; extra flags come from CMAKE_ARGS (e.g. -DGGML_CUDA=on).
+LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+WHEELHOUSE ?= .wheelhouse
+export CMAKE_ARGS
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Runs every time (a fraction of a second); reinstalls only when the wheel for this machine changes.
+llama-cpp: $(PY)
+	@wheel=$$($(PY) tools/llama_cpp_wheel.py $(LLAMA_CPP_VERSION) $(WHEELHOUSE)) || exit 1; \
+	if [ "$$(cat $(VENV)/.llama-wheel 2>/dev/null)" != "$$wheel" ]; then \
+	  echo "Installing $$(basename $$wheel)"; \
+	  $(PY) -m pip install -q --no-deps --force-reinstall "$$wheel" && $(PY) -m pip install -q "$$wheel" \
+	  && echo "$$wheel" > $(VENV)/.llama-wheel; \
+	fi
 
 # Stamps depend on pyproject.toml, so a second `make run` installs nothing.
-$(VENV)/.stamp-run: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+$(VENV)/.stamp-run: pyproject.toml | llama-cpp
 	$(PY) -m pip install -q -e .
 	touch $@
 
@@ -23,8 +41,8 @@ $(VENV)/.stamp-test: $(VENV)/.stamp-run pyproject.toml tests/plugin_dist/smolsit
 	$(PY) -m pip install -q ./tests/plugin_dist/smolsite-hello
 	touch $@
 
-install: $(VENV)/.stamp-run
-install-test: $(VENV)/.stamp-test
+install: llama-cpp $(VENV)/.stamp-run
+install-test: llama-cpp $(VENV)/.stamp-test
 	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
 
 run: install

@@ -119,3 +119,10 @@ def cancel_pending(message_id):
     now = timezone.now()
     return bool(Message.objects.filter(pk=message_id, status=Message.Status.PENDING).update(
         status=Message.Status.STOPPED, updated_at=now, finished_at=now))
+
+
+def fail_pending(message_id, error):
+    """End a message no worker has claimed as an error the user can Retry; True when it was still pending."""
+    now = timezone.now()
+    return bool(Message.objects.filter(pk=message_id, status=Message.Status.PENDING).update(
+        status=Message.Status.ERROR, error=error, updated_at=now, finished_at=now))

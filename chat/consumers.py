@@ -6,8 +6,10 @@ import logging
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from channels.exceptions import DenyConnection, StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
 
 from inference import dispatch
 from inference.publish import remember_server_loop
@@ -42,6 +44,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def dispatch(self, message):
+        # A group event that cannot be rendered (say, a database error under load) must not close
+        # the socket with 1011 either: the page stays connected and a reload catches up.
+        try:
+            await super().dispatch(message)
+        except (StopConsumer, DenyConnection):
+            raise
+        except Exception:
+            if message["type"].startswith("websocket."):
+                raise
+            logger.exception("chat event %r failed in conversation %s", message["type"], self.conversation_id)
+            await self.error("The server could not update this page: reload it to catch up.")
 
     @database_sync_to_async
     def _owns(self):
@@ -81,21 +96,31 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.error(str(exc), action=action)
         except (TypeError, ValueError, KeyError, OverflowError):  # OverflowError: int(1e400)
             await self.error(f"Malformed {action!r} frame.", action=action)
+        # Anything else would close the socket with 1011 and leave the page dead: report it and
+        # keep serving. The actions are atomic, so a failure in one has written nothing.
+        except DatabaseError:
+            logger.exception("chat action %r failed in conversation %s", action, self.conversation_id)
+            await self.error(f"The database could not complete that {action!r}: try again in a moment.",
+                             action=action)
+        except Exception:
+            logger.exception("chat action %r failed in conversation %s", action, self.conversation_id)
+            await self.error(f"Something went wrong on the server while handling {action!r}. "
+                             "Try again in a moment.", action=action)
 
     async def do_send(self, frame):
         reply = await database_sync_to_async(actions.send)(self.conversation_id, frame.get("content"))
-        await self._started(reply)
+        await self._started(reply, frame["action"])
 
     async def do_regenerate(self, frame):
         message_id = frame.get("message")
         reply = await database_sync_to_async(actions.regenerate)(
             self.conversation_id, int(message_id) if message_id not in (None, "") else None)
-        await self._started(reply)
+        await self._started(reply, frame["action"])
 
     async def do_edit(self, frame):
         reply = await database_sync_to_async(actions.edit)(
             self.conversation_id, int(frame["message"]), frame.get("content"))
-        await self._started(reply)
+        await self._started(reply, frame["action"])
 
     async def do_stop(self, frame):
         active = await database_sync_to_async(actions.active_message)(self.conversation_id)
@@ -111,13 +136,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def do_resume(self, frame):
         await self._send_snapshot(int(frame["message"]))
 
-    async def _started(self, reply):
+    async def _started(self, reply, action):
         self.sent_seq[reply.pk] = 0
-        # Every tab redraws the branch: the new turn (or new branch) is on all of them.
-        await self.channel_layer.group_send(self.group, {"type": "thread.changed", "message": reply.pk})
-        # Off the event loop: with Redis this is a network round trip.
-        loop = asyncio.get_running_loop()
-        await sync_to_async(dispatch.enqueue, thread_sensitive=False)(str(reply.pk), reply.model_name, loop)
+        try:
+            # Every tab redraws the branch: the new turn (or new branch) is on all of them.
+            await self.channel_layer.group_send(self.group, {"type": "thread.changed", "message": reply.pk})
+            # Off the event loop: with Redis this is a network round trip.
+            loop = asyncio.get_running_loop()
+            await sync_to_async(dispatch.enqueue, thread_sensitive=False)(str(reply.pk), reply.model_name, loop)
+        except Exception as exc:
+            logger.exception("could not enqueue message %s", reply.pk)
+            await self._failed_to_queue(reply.pk, f"Could not queue the answer: {str(exc) or type(exc).__name__}",
+                                        action)
+
+    async def _failed_to_queue(self, message_id, text, action):
+        # The pending row is committed and no worker will ever claim it: end it now, on every tab,
+        # so the page offers Retry instead of waiting forever.
+        if await database_sync_to_async(actions.fail_pending)(message_id, text):
+            await self.channel_layer.group_send(self.group, {
+                "type": "gen.events", "message": message_id,
+                "events": [{"seq": 1, "kind": "done", "status": "error", "error": text, "stats": {}}]})
+        await self.error(text, action=action)
 
     # ---- group -> client --------------------------------------------------------------
     async def thread_changed(self, event):

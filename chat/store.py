@@ -37,6 +37,7 @@ class MessageStore(JobStore):
             thinking=conv.thinking,
             group=conv.group_name,
             session_key=f"conversation-{conv.pk}",
+            user_key=f"user-{conv.owner_id}",
         )
 
     def save_progress(self, job_id, text, reasoning, seq):

@@ -1,8 +1,8 @@
 """What a backend is: the interface the generation service talks to, and the request types.
 
-A backend instance lives in one worker process and may be asked to serve several requests at
-once (a batching engine is planned), so the contract is "submit a request, iterate its
-chunks"; an implementation without batching serialises requests behind its own lock.
+A backend instance lives in one worker process and is asked to serve several requests at once
+(from several threads), so the contract is "submit a request, iterate its chunks"; the llama.cpp
+backend batches them, a backend without batching serialises them behind its own lock.
 """
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -33,6 +33,10 @@ class GenerationRequest:
     session_key: str = ""
     # Set by the service: how many of the oldest turns were left out to fit the context.
     dropped_turns: int = 0
+    # Whose request this is: backends reuse cached tokens only within one user, and share the
+    # device fairly between users.
+    user_key: str = ""
+    priority: str = "interactive"  # or "background" (batch jobs): served when people are not
 
     def chat_messages(self):
         """Messages in the shape chat templates expect, system prompt first."""
@@ -53,14 +57,22 @@ class Delta:
 
 
 @dataclass
+class Queued:
+    """The request waits for the device behind ``ahead`` others (0: it is next)."""
+    ahead: int
+
+
+@dataclass
 class Finish:
-    reason: str  # "stop" (end of turn or stop string), "length" (max_tokens) or "stopped" (user)
+    # "stop" (end of turn or stop string), "length" (max_tokens), "stopped" (user) or "error"
+    reason: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens served from kept state, not prefilled
+    error: str = ""  # with reason "error": what went wrong, in words for the user
 
 
-Chunk = Union[Delta, Finish]
+Chunk = Union[Delta, Queued, Finish]
 
 
 class PromptTooLong(ValueError):
@@ -101,9 +113,11 @@ class Backend(ABC):
     @abstractmethod
     def submit(self, request: GenerationRequest, prompt: str,
                should_stop: Callable[[], bool]) -> Iterator[Chunk]:
-        """Generate for ``prompt``: yield Delta chunks and exactly one Finish, last.
+        """Generate for ``prompt``: yield Delta chunks (and Queued while waiting for the device)
+        and exactly one Finish, last.
 
-        ``should_stop`` is checked before the first token and at every step.
+        ``should_stop`` is checked before the first token and at every step. A backend may be
+        asked for several requests at once, from several threads.
         """
 
     def close(self) -> None:

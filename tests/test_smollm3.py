@@ -87,8 +87,8 @@ def test_llama_cpp_loads_it_as_smollm3(engine):
     assert backend.name == "llama_cpp"
     assert backend.context_size == 2048
     # The copied tokenizer: ChatML markers are single special tokens.
-    assert backend.llm.tokenize(b"<|im_start|>", add_bos=False, special=True) == [1]
-    assert backend.llm.tokenize(b"<|im_end|>", add_bos=False, special=True) == [2]
+    assert backend.llm_model.tokenize(b"<|im_start|>", add_bos=False, special=True) == [1]
+    assert backend.llm_model.tokenize(b"<|im_end|>", add_bos=False, special=True) == [2]
 
 
 # ---- features -------------------------------------------------------------------------------

@@ -1,78 +1,116 @@
-import codecs
+"""The llama.cpp backend: validates and loads a GGUF, renders its own chat template, and hands
+requests to the model's batching engine (engine.py), which serves them together."""
 import os
 import re
-import threading
 
 import llama_cpp
-from llama_cpp import Llama
+from llama_cpp._internals import LlamaModel
 
-from inference.backends import Backend, BackendError, Delta, Finish
+from inference.backends import Backend, BackendError, Finish
 from inference.gguf_info import GGUFError, read_gguf_info
 from inference.prompt import ChatTemplate
 
 from . import logs
-from .state_cache import StateCache
+from .engine import BatchEngine, Job, wait_chunks
 
 GPU_DEVICES = {"cuda", "metal", "vulkan", "rocm", "gpu"}
 VISIBLE_SPECIAL = ("<think>", "</think>")
 
 
+def _setting(model, option, env, default):
+    """A per-model option (SMOLSITE_MODELS) over a site-wide environment variable."""
+    return int(model.options.get(option, os.environ.get(env, default)))
+
+
+def amx_in_build():
+    """llama.cpp's AMX kernels die with SIGILL off the main thread (llama.cpp PR 26954), and the
+    engine is a thread: `make` builds without them (tools/llama_cpp_wheel.py)."""
+    return "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace")
+
+
 class LlamaCppBackend(Backend):
-    """One ``Llama`` per model per process. ``Llama`` is not thread-safe, so requests are
-    served one at a time behind a lock (a batching engine can replace this class later)."""
+    """One model and one batching engine per model per worker process."""
 
     name = "llama_cpp"
 
     def __init__(self, model):
         super().__init__(model)
-        self.llm = None
+        self.llm_model = None
+        self.engine = None
         self.info = None
         self.template = None
-        self._lock = threading.Lock()
-        budget_mb = int(model.options.get("state_cache_mb", os.environ.get("SMOLSITE_STATE_CACHE_MB", "512")))
-        self.states = StateCache(budget_mb * 1024 * 1024)
+        self.slots = _setting(model, "slots", "SMOLSITE_SLOTS", 8)
+        self.batch_tokens = _setting(model, "batch_tokens", "SMOLSITE_BATCH_TOKENS", 256)
+        self.kv_tokens = max(model.n_ctx, _setting(model, "kv_tokens", "SMOLSITE_KV_TOKENS", 16384))
+        self.per_user = _setting(model, "user_concurrency", "SMOLSITE_USER_CONCURRENCY", 4)
+        self.state_cache_mb = _setting(model, "state_cache_mb", "SMOLSITE_STATE_CACHE_MB", 512)
 
     def load(self):
         try:
             self.info = read_gguf_info(self.model.path)
         except GGUFError as exc:
             raise BackendError(f"model {self.model.name!r}: {exc}") from None
-        if self.model.device in GPU_DEVICES and not llama_cpp.llama_supports_gpu_offload():
+        gpu = self.model.device in GPU_DEVICES
+        if gpu and not llama_cpp.llama_supports_gpu_offload():
             raise BackendError(f"model {self.model.name!r} is configured for device {self.model.device!r}, "
                                "but this llama.cpp build has no GPU offload")
+        if amx_in_build():
+            raise BackendError("this llama-cpp-python was compiled with AMX kernels, which crash when "
+                               "they decode outside the main thread; reinstall it with `make install` "
+                               "(it builds without AMX; see README, 'llama.cpp build')")
         logs.install()
         before = logs.mark()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = -1 if gpu else 0
         try:
-            self.llm = Llama(
-                model_path=self.model.path,
-                n_ctx=self.model.n_ctx,
-                n_threads=self.model.threads,
-                n_threads_batch=self.model.threads,
-                n_gpu_layers=-1 if self.model.device in GPU_DEVICES else 0,
-                verbose=False,
-                **self.model.options.get("llama_kwargs", {}),
-            )
+            self.llm_model = LlamaModel(path_model=self.model.path, params=params, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise BackendError(self._explain_load_failure(logs.since(before), exc)) from None
-        bos = self._token_text(self.llm.token_bos())
-        eos = self._token_text(self.llm.token_eos())
-        self.template = ChatTemplate(self.info.chat_template, bos_token=bos, eos_token=eos)
-        self.visible_special = self._visible_special_tokens()
+        ctx = llama_cpp.llama_init_from_model(self.llm_model.model, self._context_params())
+        if not ctx:
+            self.close()
+            raise BackendError(f"model {self.model.name!r}: llama.cpp could not create a context of "
+                               f"{self.kv_tokens} tokens ({logs.since(before).strip()[-300:]})")
+        self._ctx = ctx
+        self.template = ChatTemplate(self.info.chat_template, bos_token=self._token_text(self.llm_model.token_bos()),
+                                     eos_token=self._token_text(self.llm_model.token_eos()))
+        self.engine = BatchEngine(self.llm_model, ctx, slots=self.slots, batch_tokens=self.batch_tokens,
+                                  per_user=self.per_user, capacity=self.kv_tokens,
+                                  host_budget=self.state_cache_mb * 1024 * 1024,
+                                  visible_special=self._visible_special_tokens(), name=self.model.name)
+
+    def _context_params(self):
+        p = llama_cpp.llama_context_default_params()
+        p.n_ctx = self.kv_tokens
+        p.n_batch = p.n_ubatch = self.batch_tokens + self.slots
+        # Several sequences in one KV cache that each may use all of it, so a sequence id is
+        # only a tag and one long conversation is not limited to n_ctx / slots.
+        p.n_seq_max = self.slots * 2  # half running, half keeping finished conversations resident
+        p.kv_unified = True
+        p.n_threads = p.n_threads_batch = self.model.threads
+        p.no_perf = True
+        return p
 
     def _visible_special_tokens(self):
         """Reasoning tags are text the thinking plugin must see even where the GGUF marks them
         as control tokens; every other special token stays hidden."""
         ids = set()
         for tag in VISIBLE_SPECIAL:
-            found = self.llm.tokenize(tag.encode(), add_bos=False, special=True)
+            found = self.llm_model.tokenize(tag.encode(), add_bos=False, special=True)
             if len(found) == 1:
                 ids.add(found[0])
         return ids
 
     def close(self):
-        if self.llm is not None:
-            self.llm.close()
-            self.llm = None
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        if getattr(self, "_ctx", None):
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self.llm_model is not None:
+            self.llm_model.close()
+            self.llm_model = None
 
     def _explain_load_failure(self, log_text, exc):
         arch = self.info.architecture
@@ -88,91 +126,30 @@ class LlamaCppBackend(Backend):
     def _token_text(self, token):
         if token is None or token < 0:
             return ""
-        return self.llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
+        return self.llm_model.detokenize([token], special=True).decode("utf-8", errors="ignore")
 
     @property
     def context_size(self):
-        return self.llm.n_ctx()
+        """The longest prompt plus answer one conversation may have."""
+        return min(self.model.n_ctx, self.kv_tokens)
 
     def render_prompt(self, request):
         return self.template.render(request.chat_messages(), add_generation_prompt=True,
                                     **request.template_kwargs)
 
     def tokenize(self, text):
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        return self.llm_model.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
     def count_tokens(self, text):
         return len(self.tokenize(text))
 
     def submit(self, request, prompt, should_stop):
-        """Our own decode loop over ``Llama.generate``: one detokenisation per token (not the
-        whole completion each step), special tokens never rendered, stop checked every step."""
-        params = request.params
-        with self._lock:
-            tokens = self.tokenize(prompt)
-            if should_stop():
-                yield Finish("stopped", len(tokens), 0)
-                return
-            if params.seed is not None:
-                self.llm.set_seed(params.seed)
-            cached = min(self.states.prepare(self.llm, request.session_key or None, tokens), len(tokens) - 1)
-            stops = StopStrings(params.stop)
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            vocab = self.llm._model.vocab
-            produced, reason = 0, "length"
-            generator = self.llm.generate(tokens, top_k=40, top_p=params.top_p, min_p=0.05,
-                                          temp=params.temperature, repeat_penalty=1.0, reset=True)
-            try:
-                for token in generator:
-                    if llama_cpp.llama_vocab_is_eog(vocab, token):
-                        reason = "stop"
-                        break
-                    produced += 1
-                    piece = decoder.decode(self.llm.detokenize([token], special=token in self.visible_special))
-                    text, hit = stops.feed(piece)
-                    if text:
-                        yield Delta(text)
-                    if hit:
-                        reason = "stop"
-                        break
-                    if produced >= params.max_tokens:
-                        reason = "length"
-                        break
-                    if should_stop():
-                        reason = "stopped"
-                        break
-            finally:
-                generator.close()
-            tail = stops.finish(decoder.decode(b"", final=True))
-            if tail:
-                yield Delta(tail)
-            yield Finish(reason, len(tokens), produced, cached_tokens=max(cached, 0))
+        tokens = self.tokenize(prompt)
+        if should_stop():
+            yield Finish("stopped", len(tokens), 0)
+            return
+        job = self.engine.submit(Job(tokens, request.params, user=request.user_key, priority=request.priority))
+        yield from wait_chunks(self.engine, job, should_stop)
 
-
-class StopStrings:
-    """Cuts the stream at the first stop string; holds back text that may begin one."""
-
-    def __init__(self, stops):
-        self.stops = [s for s in stops if s]
-        self.held = ""
-
-    def feed(self, text):
-        if not self.stops:
-            return text, False
-        buf = self.held + text
-        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.held = ""
-            return buf[:cut], True
-        keep = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(buf)), 0, -1):
-                if buf.endswith(s[:n]):
-                    keep = max(keep, n)
-                    break
-        self.held = buf[len(buf) - keep:] if keep else ""
-        return buf[:len(buf) - keep], False
-
-    def finish(self, text=""):
-        out, self.held = self.held + text, ""
-        return out
+    def stats(self):
+        return self.engine.stats() if self.engine else {}

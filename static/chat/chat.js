@@ -160,8 +160,29 @@
     else node.append(text);
   }
 
+  // "N requests ahead of you" while the device is busy with others; gone at the first token.
+  function showQueue(el, ahead) {
+    let note = $(".msg-queue", el);
+    if (ahead === null) {
+      if (note) note.remove();
+      return;
+    }
+    if (!note) {
+      note = document.createElement("p");
+      note.className = "msg-state msg-queue";
+      note.setAttribute("role", "status");
+      $(".content", el).before(note);
+    }
+    note.textContent = ahead === 0 ? "Waiting for the model: you're next…"
+      : "Waiting for the model: " + ahead + (ahead === 1 ? " request" : " requests") + " ahead of you…";
+  }
+
   function applyEvent(el, e) {
+    if (e.kind === "text" || e.kind === "reasoning" || e.kind === "done") showQueue(el, null);
     switch (e.kind) {
+      case "queue":
+        showQueue(el, e.ahead);
+        break;
       case "start":
         setStatus(el, "streaming");
         announce("Generating an answer…");

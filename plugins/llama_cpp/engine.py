@@ -1,0 +1,276 @@
+"""The batching engine: one thread owns a llama.cpp context with several sequences and loops
+admit -> build batch -> one llama_decode -> sample each sequence -> retire.
+
+Every step decodes the running sequences' next tokens first and fills the rest of the batch
+budget with prompt chunks (chunked prefill), so a long prompt never freezes other people's
+streams. Callers talk to the thread only through ``submit`` and the job's output queue.
+"""
+import itertools
+import logging
+import queue
+import threading
+
+import llama_cpp
+
+from inference.backends import Delta, Finish, Queued
+
+from .kv import SlotTable
+from .sampling import Detokenizer, Sampler, StopStrings
+from .scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+class Job:
+    """One request inside the engine; the caller reads ``out`` until a Finish arrives."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, tokens, params, user="", priority="interactive", grammar=None):
+        self.id = next(self._ids)
+        self.tokens = list(tokens)
+        self.params = params
+        self.user = user or ""
+        self.priority = priority
+        self.grammar = grammar
+        self.out = queue.Queue()
+        self.cancelled = False
+        # engine-thread state
+        self.slot = None
+        self.n_past = 0  # prompt tokens already in the KV cache
+        self.cached = 0
+        self.kv = []  # tokens in the KV cache for this sequence
+        self.pending = None  # sampled token not yet decoded
+        self.produced = 0
+        self.position = None
+        self.sampler = self.detok = self.stops = None
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class BatchEngine:
+    def __init__(self, model, ctx, *, slots, batch_tokens, per_user, capacity, host_budget,
+                 visible_special=(), name="engine"):
+        self.model = model  # llama_cpp._internals.LlamaModel (tokenizer and vocab)
+        self.ctx = ctx  # a raw llama_context pointer owned by this engine's thread
+        self.vocab = model.vocab
+        self.slots_max = slots
+        self.batch_tokens = batch_tokens
+        self.visible_special = set(visible_special)
+        self.table = SlotTable(ctx, n_seq=slots * 2, capacity=capacity, host_budget=host_budget)
+        self.scheduler = Scheduler(per_user=per_user)
+        self.active = []
+        self.batch = llama_cpp.llama_batch_init(batch_tokens + slots, 0, 1)
+        self.cv = threading.Condition()
+        self.closing = False
+        self.steps = 0
+        self.last_fill = 0.0
+        self.thread = threading.Thread(target=self._run, name=f"smolsite-{name}", daemon=True)
+        self.thread.start()
+
+    # ---- caller side ------------------------------------------------------------------
+    def submit(self, job):
+        with self.cv:
+            if self.closing:
+                raise RuntimeError("the engine is shut down")
+            self.scheduler.add(job, job.user, job.priority)
+            self._announce_positions()
+            self.cv.notify()
+        return job
+
+    def cancel(self, job):
+        with self.cv:
+            job.cancel()
+            self.cv.notify()
+
+    def close(self):
+        with self.cv:
+            self.closing = True
+            self.cv.notify()
+        self.thread.join(timeout=30)
+        if not self.thread.is_alive():
+            llama_cpp.llama_batch_free(self.batch)
+
+    def stats(self):
+        with self.cv:
+            data = {"running": len(self.active), "waiting": len(self.scheduler), "slots": self.slots_max,
+                    "batch_fill": self.last_fill, "steps": self.steps}
+            data.update(self.table.stats())
+        return data
+
+    # ---- engine thread ----------------------------------------------------------------
+    def _run(self):
+        while True:
+            with self.cv:
+                while not self.closing and not self.active and not len(self.scheduler):
+                    self.cv.wait()
+                if self.closing:
+                    break
+                self._drop_cancelled_waiting()
+                self._admit()
+                jobs = list(self.active)
+            if not jobs:
+                with self.cv:  # everyone waiting is over their per-user cap: nothing to do yet
+                    self.cv.wait(0.05)
+                continue
+            try:
+                self._step(jobs)
+            except Exception as exc:  # never leave a caller waiting forever
+                logger.exception("engine step failed")
+                for job in jobs:
+                    self._fail(job, f"the engine failed: {exc}")
+        for job in list(self.active):
+            self._finish(job, "stopped")
+        for job in self.scheduler.order():
+            job.out.put(Finish("stopped", len(job.tokens), 0))
+
+    def _drop_cancelled_waiting(self):
+        for job in [j for j in self.scheduler.order() if j.cancelled]:
+            self.scheduler.remove(job)
+            job.out.put(Finish("stopped", len(job.tokens), 0))
+
+    def _admit(self):
+        changed = False
+        while len(self.active) < self.slots_max:
+            picked = self.scheduler.pop()
+            if picked is None:
+                break
+            job, _ = picked
+            try:
+                job.sampler = Sampler(self.vocab, job.params, job.grammar)
+            except ValueError as exc:
+                self.scheduler.finished(job.user)
+                job.out.put(Finish("error", len(job.tokens), 0, error=str(exc)))
+                continue
+            job.slot, job.cached = self.table.take(job.user, job.tokens)
+            job.n_past = job.cached
+            job.kv = list(job.tokens[:job.cached])
+            job.detok = Detokenizer(self.vocab, self.visible_special)
+            job.stops = StopStrings(job.params.stop)
+            self.active.append(job)
+            changed = True
+        if changed:
+            self._announce_positions()
+
+    def _announce_positions(self):
+        """Tell each waiting job how many are ahead of it, when that changed (under the lock)."""
+        for ahead, job in enumerate(self.scheduler.order()):
+            if job.position != ahead:
+                job.position = ahead
+                job.out.put(Queued(ahead))
+
+    def _step(self, jobs):
+        for job in [j for j in jobs if j.cancelled]:
+            self._finish(job, "stopped")
+        jobs = [j for j in jobs if not j.cancelled]
+        if not jobs:
+            return
+        rows = []  # (job, token, pos, wants_logits)
+        for job in jobs:
+            if job.pending is not None:
+                rows.append((job, job.pending, len(job.kv), True))
+        budget = self.batch_tokens - len(rows)
+        # Prompt chunks, starting with a different sequence each step so two long prompts share.
+        prefilling = [j for j in jobs if j.n_past < len(j.tokens)]
+        if prefilling:
+            start = self.steps % len(prefilling)
+            for job in prefilling[start:] + prefilling[:start]:
+                if budget <= 0:
+                    break
+                take = min(len(job.tokens) - job.n_past, budget)
+                for k in range(job.n_past, job.n_past + take):
+                    rows.append((job, job.tokens[k], k, k == len(job.tokens) - 1))
+                budget -= take
+        if not rows:
+            return
+        if not self.table.make_room(len(rows)):
+            # The KV cache is full of running sequences: end the newest so the others can go on.
+            newest = max(jobs, key=lambda j: j.id)
+            self._fail(newest, "the server's context memory is full: try again in a moment")
+            return
+        self._fill_batch(rows)
+        rc = llama_cpp.llama_decode(self.ctx, self.batch)
+        self.steps += 1
+        self.last_fill = len(rows) / self.batch_tokens
+        if rc != 0:
+            for job in {id(r[0]): r[0] for r in rows}.values():
+                self._fail(job, f"llama_decode failed ({rc})")
+            return
+        for i, (job, token, pos, wants_logits) in enumerate(rows):
+            job.kv.append(token)
+            if job.pending is None:
+                job.n_past += 1
+            if wants_logits:
+                job.pending = None
+                self._accept(job, job.sampler.sample(self.ctx, i))
+
+    def _fill_batch(self, rows):
+        b = self.batch
+        for i, (job, token, pos, wants_logits) in enumerate(rows):
+            b.token[i] = token
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = job.slot.seq_id
+            b.logits[i] = wants_logits
+        b.n_tokens = len(rows)
+
+    def _accept(self, job, token):
+        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            return self._finish(job, "stop")
+        job.produced += 1
+        text, hit = job.stops.feed(job.detok.piece(token))
+        if text:
+            job.out.put(Delta(text))
+        if hit:
+            return self._finish(job, "stop")
+        if job.produced >= job.params.max_tokens:
+            return self._finish(job, "length")
+        job.pending = token
+
+    def _retire(self, job):
+        with self.cv:
+            if job in self.active:
+                self.active.remove(job)
+                self.scheduler.finished(job.user)
+            self.cv.notify()
+        if job.sampler is not None:
+            job.sampler.close()
+            job.sampler = None
+
+    def _finish(self, job, reason):
+        self._retire(job)
+        self.table.release(job.slot, job.kv)
+        tail = job.stops.finish(job.detok.finish())
+        if tail:
+            job.out.put(Delta(tail))
+        job.out.put(Finish(reason, len(job.tokens), job.produced, cached_tokens=job.cached))
+
+    def _fail(self, job, error):
+        self._retire(job)
+        if job.slot is not None:
+            self.table.discard(job.slot)
+        job.out.put(Finish("error", len(job.tokens), job.produced, cached_tokens=job.cached, error=error))
+
+
+def wait_chunks(engine, job, should_stop, poll=0.05):
+    """The caller side of a job: yields its Queued/Delta chunks and the final Finish, cancelling
+    the job when ``should_stop`` says so or when the consumer stops iterating."""
+    finished = False
+    try:
+        while True:
+            try:
+                chunk = job.out.get(timeout=poll)
+            except queue.Empty:
+                if not job.cancelled and should_stop():
+                    engine.cancel(job)
+                continue
+            yield chunk
+            if isinstance(chunk, Finish):
+                finished = True
+                return
+            if not job.cancelled and should_stop():
+                engine.cancel(job)
+    finally:
+        if not finished:
+            engine.cancel(job)

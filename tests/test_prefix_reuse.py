@@ -1,0 +1,29 @@
+"""Through the generation service: a conversation's KV state survives other conversations using
+the model in between, and the reused state gives the answer a cold model gives."""
+from inference.testing import make_request, run_request
+
+FACTS = " ".join(f"Fact {i}: {i} squared is {i * i}." for i in range(40))
+
+
+def turn(engine, key, messages, user="alice"):
+    request = make_request("m", "", max_tokens=12)
+    request.messages, request.session_key, request.user_key = messages, key, user
+    return run_request(engine, request)[0]
+
+
+def test_returning_conversation_reuses_its_saved_state(bundled_engine):
+    engine = bundled_engine()
+    first = [{"role": "user", "content": FACTS + " What is 7 squared?"}]
+    a1 = turn(engine, "conversation-a", first)
+    assert a1.cached_tokens == 0
+    b = turn(engine, "conversation-b", [{"role": "user", "content": "Hello! " + FACTS[:400]}])
+    assert b.cached_tokens < 32  # only the shared template header, if anything
+    follow_up = first + [{"role": "assistant", "content": a1.text}, {"role": "user", "content": "And 9?"}]
+    a2 = turn(engine, "conversation-a", follow_up)
+    assert a2.cached_tokens >= a1.prompt_tokens
+    # The restored state is the right one: a fresh model gives the same greedy answer.
+    request = make_request("m", "", max_tokens=12)
+    request.messages = follow_up
+    cold = run_request(bundled_engine(), request)[0]
+    assert cold.cached_tokens == 0
+    assert a2.text == cold.text
