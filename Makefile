@@ -49,9 +49,13 @@ run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) -m daphne -b $(HOST) -p $(PORT) smolsite.asgi:application
 
-# A device worker for the scaled-out mode (REDIS_URL set): one per device, holding its models once.
+# A device worker for the scaled-out mode (REDIS_URL set): one per device per host, holding its
+# models once. Its threads each wait on one generation; the engine batches them (SMOLSITE_SLOTS).
+WORKER_THREADS ?= 32
+WORKER_NAME ?= $(DEVICE)
 worker: install
-	SMOLSITE_DEVICE=$(DEVICE) $(VENV)/bin/celery -A smolsite worker -Q device.$(DEVICE) -n $(DEVICE)@%h --pool solo --loglevel INFO
+	SMOLSITE_DEVICE=$(DEVICE) $(VENV)/bin/celery -A smolsite worker -Q device.$(DEVICE) -n $(WORKER_NAME)@%h \
+	  --pool threads --concurrency $(WORKER_THREADS) --loglevel INFO
 
 # PostgreSQL and Redis are machine services; start them if something stopped them.
 services:
@@ -74,6 +78,7 @@ test-redis:
 
 bench: install-test services
 	$(PY) bench/run.py
+	$(PY) bench/concurrency.py
 
 clean:
 	rm -rf $(VENV) db.sqlite3 var test-artifacts

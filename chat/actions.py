@@ -126,3 +126,16 @@ def fail_pending(message_id, error):
     now = timezone.now()
     return bool(Message.objects.filter(pk=message_id, status=Message.Status.PENDING).update(
         status=Message.Status.ERROR, error=error, updated_at=now, finished_at=now))
+
+
+def last_worker(conversation_id):
+    """The worker that last answered in this conversation (it may still hold its tokens)."""
+    return (Message.objects.filter(conversation_id=conversation_id, role=Message.Role.ASSISTANT)
+            .exclude(worker_id="").exclude(status__in=Message.ACTIVE)
+            .order_by("-finished_at", "-id").values_list("worker_id", flat=True).first() or "")
+
+
+def mark_routed(message_id, worker_id):
+    """Remember which worker's own queue a pending message went to, so the reaper can send it to
+    the shared device queue if that worker dies before claiming it."""
+    Message.objects.filter(pk=message_id, status=Message.Status.PENDING).update(worker_id=worker_id)

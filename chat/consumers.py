@@ -141,9 +141,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             # Every tab redraws the branch: the new turn (or new branch) is on all of them.
             await self.channel_layer.group_send(self.group, {"type": "thread.changed", "message": reply.pk})
+            # Scaled out, the worker that answered this chat last holds its tokens: prefer it.
+            affinity = await database_sync_to_async(actions.last_worker)(self.conversation_id) \
+                if settings.REDIS_URL else ""
             # Off the event loop: with Redis this is a network round trip.
             loop = asyncio.get_running_loop()
-            await sync_to_async(dispatch.enqueue, thread_sensitive=False)(str(reply.pk), reply.model_name, loop)
+            pinned = await sync_to_async(dispatch.enqueue, thread_sensitive=False)(
+                str(reply.pk), reply.model_name, loop, affinity=affinity)
+            if pinned:
+                await database_sync_to_async(actions.mark_routed)(reply.pk, pinned)
         except Exception as exc:
             logger.exception("could not enqueue message %s", reply.pk)
             await self._failed_to_queue(reply.pk, f"Could not queue the answer: {str(exc) or type(exc).__name__}",

@@ -70,6 +70,9 @@ class Message(models.Model):
     error = models.TextField(blank=True, default="")
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Prompt tokens the worker already held for this user (not prefilled again); admins and the
+    # owner's API usage see it, other users never do.
+    cached_tokens = models.PositiveIntegerField(null=True, blank=True)
     ttft = models.FloatField(null=True, blank=True, help_text="seconds to the first token")
     tokens_per_second = models.FloatField(null=True, blank=True)
     reasoning_seconds = models.FloatField(null=True, blank=True)
@@ -78,6 +81,7 @@ class Message(models.Model):
                                      help_text="stop (end of turn), length (max tokens) or stopped")
     model_name = models.CharField(max_length=100, blank=True, default="")
     backend_name = models.CharField(max_length=100, blank=True, default="")
+    # The worker that claimed the message (or, while pending, the one it was routed to).
     worker_id = models.CharField(max_length=200, blank=True, default="")
     # The last streamed event folded into ``content``/``reasoning``: resuming clients replay after it.
     stream_seq = models.PositiveIntegerField(default=0)

@@ -45,7 +45,25 @@ def reap(stale_seconds=None, queue_seconds=None):
     if dead:
         logger.warning("marking %d generation(s) interrupted", len(dead))
     count = _interrupt(dead, "The worker stopped before the answer was finished.")
-    return count + _fail_unserved(queue_seconds)
+    return count + _reroute_orphans() + _fail_unserved(queue_seconds)
+
+
+def _reroute_orphans():
+    """A message routed to one worker's own queue (it held the conversation's tokens) waits there
+    forever if that worker died before claiming it: send it to the shared device queue."""
+    if not settings.REDIS_URL:
+        return 0
+    from inference import dispatch
+
+    count = 0
+    for m in Message.objects.filter(status=Message.Status.PENDING).exclude(worker_id=""):
+        if is_alive(m.worker_id):
+            continue
+        if Message.objects.filter(pk=m.pk, status=Message.Status.PENDING, worker_id=m.worker_id).update(worker_id=""):
+            logger.warning("message %s was routed to dead worker %s: re-queued for any worker", m.pk, m.worker_id)
+            dispatch.enqueue(str(m.pk), m.model_name)
+            count += 1
+    return count
 
 
 def _fail_unserved(queue_seconds):
@@ -63,6 +81,13 @@ def _fail_unserved(queue_seconds):
                             f"No device worker is serving model {model_name!r}: start one "
                             "(make worker DEVICE=...) and press Retry.", status=Message.Status.ERROR)
     return count
+
+
+def reap_worker(worker_id, reason):
+    """A worker known to be dead (the embedded supervisor saw its process end): its generations
+    end now rather than when its heartbeat expires."""
+    claimed = list(Message.objects.filter(status=Message.Status.STREAMING, worker_id=worker_id))
+    return _interrupt(claimed, reason)
 
 
 def reap_embedded_leftovers():

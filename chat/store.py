@@ -54,6 +54,7 @@ class MessageStore(JobStore):
                 error=result.error,
                 prompt_tokens=result.prompt_tokens or None,
                 completion_tokens=result.completion_tokens,
+                cached_tokens=result.cached_tokens,
                 ttft=result.ttft,
                 tokens_per_second=result.tokens_per_second,
                 reasoning_seconds=result.reasoning_seconds,

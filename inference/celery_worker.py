@@ -7,6 +7,7 @@ from celery.signals import worker_init, worker_process_init, worker_shutdown
 
 from .devices import available_devices
 from .engine import get_engine
+from .routing import direct_queue
 from .workers import Heartbeat, make_worker_id
 from .worker_state import set_process_worker_id
 
@@ -34,7 +35,8 @@ def start_worker_process():
         raise SystemExit(3)
     worker_id = make_worker_id(dev)
     set_process_worker_id(worker_id)
-    _heartbeat = Heartbeat(worker_id, dev, get_engine().loaded_models).start()
+    _heartbeat = Heartbeat(worker_id, dev, get_engine().loaded_models,
+                           lambda: {"queue": direct_queue(worker_id), **get_engine().occupancy()}).start()
     logger.info("device worker %s ready with %s", worker_id, get_engine().loaded_models())
 
 
@@ -49,6 +51,10 @@ def _on_worker_init(sender=None, **kwargs):  # solo/threads pool: the main proce
     pool_name = f"{getattr(pool, '__module__', '')}.{getattr(pool, '__name__', pool)}".lower()
     if "prefork" not in pool_name:
         start_worker_process()
+        # Follow-ups of conversations this worker holds are routed to it (inference.routing).
+        from .worker_state import current_worker_id
+
+        sender.app.amqp.queues.select_add(direct_queue(current_worker_id()))
 
 
 @worker_shutdown.connect

@@ -82,6 +82,23 @@ class Engine:
                                f"(device {get_model(model_name).device})")
         return backend
 
+    def occupancy(self):
+        """Sequences running and waiting over every batching backend held here."""
+        totals = {"running": 0, "waiting": 0, "slots": 0}
+        with self._lock:
+            backends = list(self._backends.values())
+        for backend in backends:
+            stats = backend.stats() if hasattr(backend, "stats") else {}
+            for key in totals:
+                totals[key] += stats.get(key, 0)
+        return totals
+
+    def stats(self):
+        """Per model: the backend's engine figures (for /metrics and the heartbeat)."""
+        with self._lock:
+            backends = dict(self._backends)
+        return {name: b.stats() for name, b in backends.items() if hasattr(b, "stats")}
+
     def loaded_models(self):
         with self._lock:
             return sorted(self._backends)

@@ -41,6 +41,12 @@ def remember_server_loop(loop):
     _server_loop = loop
 
 
+def server_loop():
+    """The web server's loop if it is known and running, else None."""
+    loop = _server_loop
+    return loop if loop is not None and loop.is_running() else None
+
+
 def _own_loop():
     global _loop_thread
     with _loop_thread_lock:
@@ -54,9 +60,7 @@ def _own_loop():
 
 def publish_loop():
     loop = getattr(_local, "loop", None)
-    if loop is None and _server_loop is not None and _server_loop.is_running():
-        loop = _server_loop
-    return loop or _own_loop()
+    return loop or server_loop() or _own_loop()
 
 
 class Publisher:

@@ -19,8 +19,9 @@ def make_worker_id(device):
     return f"{device}@{socket.gethostname()}:{os.getpid()}"
 
 
-def beat(worker_id, device, models):
-    cache.set(_key(worker_id), {"id": worker_id, "device": device, "models": list(models),
+def beat(worker_id, device, models, extra=None):
+    """``extra``: what routing needs to know (the worker's own queue, how loaded it is)."""
+    cache.set(_key(worker_id), {**(extra or {}), "id": worker_id, "device": device, "models": list(models),
                                 "at": time.time()}, TTL)
     index = set(cache.get(INDEX_KEY) or [])
     if worker_id not in index:
@@ -30,6 +31,11 @@ def beat(worker_id, device, models):
 
 def forget(worker_id):
     cache.delete(_key(worker_id))
+    # Each restarted worker process has a new id: without this the index only ever grows. A live
+    # worker removed by a racing update adds itself back at its next beat.
+    index = cache.get(INDEX_KEY) or []
+    if worker_id in index:
+        cache.set(INDEX_KEY, [w for w in index if w != worker_id], None)
 
 
 def alive_workers():
@@ -45,13 +51,14 @@ def is_alive(worker_id):
 class Heartbeat:
     """Beats from a daemon thread while the worker lives."""
 
-    def __init__(self, worker_id, device, models_fn):
+    def __init__(self, worker_id, device, models_fn, extra_fn=None):
         self.worker_id, self.device, self.models_fn = worker_id, device, models_fn
+        self.extra_fn = extra_fn or dict
         self._stop = threading.Event()
         self._thread = None
 
     def start(self):
-        beat(self.worker_id, self.device, self.models_fn())
+        beat(self.worker_id, self.device, self.models_fn(), self.extra_fn())
         self._thread = threading.Thread(target=self._run, name="smolsite-heartbeat", daemon=True)
         self._thread.start()
         return self
@@ -59,7 +66,7 @@ class Heartbeat:
     def _run(self):
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
-                beat(self.worker_id, self.device, self.models_fn())
+                beat(self.worker_id, self.device, self.models_fn(), self.extra_fn())
             except Exception:  # the cache may be briefly unreachable; try again next beat
                 pass
 

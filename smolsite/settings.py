@@ -141,8 +141,15 @@ else:
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
+# A worker runs --pool threads: each thread waits on one generation in the batching engine.
+# Prefetch 1 reserves no more tasks than threads. Acked when a task starts (not late): a worker
+# that dies mid-answer must not have the answer run a second time on another worker (its
+# message ends "interrupted" with its text, and the user retries); a job routed to a dead
+# worker's own queue is re-queued by the reaper. Reserved-but-unstarted tasks of a dead worker
+# come back after the visibility timeout, and their claim is idempotent (pending -> streaming).
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = False
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 AUTH_PASSWORD_VALIDATORS = [

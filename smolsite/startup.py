@@ -1,4 +1,5 @@
 """What a served process starts besides the ASGI app."""
+import atexit
 import logging
 
 from django.conf import settings
@@ -8,14 +9,16 @@ logger = logging.getLogger(__name__)
 
 
 def start_services():
-    from chat.reaper import reap_embedded_leftovers, start_reaper
+    from chat.reaper import reap_embedded_leftovers, reap_worker, start_reaper
 
     if settings.SMOLSITE_EMBEDDED_WORKER and not settings.REDIS_URL:
-        from inference.embedded import start_all
+        from inference.embedded import start_all, stop_all
 
         try:
             reap_embedded_leftovers()
         except (OperationalError, ProgrammingError):
             logger.warning("database not migrated yet: run `python manage.py migrate`")
-        start_all()
+        start_all(settings.SMOLSITE_WORKER_MODE, on_worker_lost=reap_worker)
+        # Worker processes also end on their own when this one dies (their socket closes).
+        atexit.register(stop_all)
     start_reaper()

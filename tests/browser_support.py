@@ -26,7 +26,7 @@ def free_port():
 
 
 class LiveServer:
-    def __init__(self, workdir, models, log_path):
+    def __init__(self, workdir, models, log_path, env=None):
         self.workdir = Path(workdir)
         self.db_path = self.workdir / "db.sqlite3"
         self.port = free_port()
@@ -43,6 +43,7 @@ class LiveServer:
             # The suite installs a demo plugin that rewrites system prompts; users would not have it.
             "SMOLSITE_BLOCKED_PLUGINS": "hello",
         })
+        self.env.update(env or {})
         self.proc = None
         self._log = None
 
@@ -84,6 +85,13 @@ class LiveServer:
             db.row_factory = sqlite3.Row
             row = db.execute("SELECT * FROM chat_message WHERE id = ?", (message_id,)).fetchone()
         return dict(row) if row else None
+
+    def worker_pid(self, device="cpu"):
+        """The pid of the device's worker process (process mode), or None between processes."""
+        try:
+            return int((self.workdir / f"worker-{device}.pid").read_text())
+        except (OSError, ValueError):
+            return None
 
     def user(self, username):
         with sqlite3.connect(self.db_path, timeout=20) as db:

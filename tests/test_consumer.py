@@ -280,7 +280,7 @@ async def assert_still_usable(comm):
 async def test_enqueue_failure_ends_the_answer_as_an_error_that_can_be_retried(monkeypatch):
     from inference import dispatch
 
-    def unreachable(*args):
+    def unreachable(*args, **kwargs):
         raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     monkeypatch.setattr(dispatch, "enqueue", unreachable)
@@ -301,7 +301,7 @@ async def test_enqueue_failure_ends_the_answer_as_an_error_that_can_be_retried(m
 
     # Retry works once the queue is back.
     queued = []
-    monkeypatch.setattr(dispatch, "enqueue", lambda job_id, model, loop=None: queued.append(job_id))
+    monkeypatch.setattr(dispatch, "enqueue", lambda job_id, model, loop=None, affinity="": queued.append(job_id))
     await comm.send_json_to({"action": "regenerate"})
     frames = await receive_until(comm, lambda f: f["type"] == "thread")
     assert queued == [str(frames[-1]["active"])]

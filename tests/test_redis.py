@@ -76,7 +76,7 @@ def worker_env(**extra):
 
 
 class WorkerProcess:
-    """``celery -A smolsite worker -Q <queue> --pool solo``, as `make worker` starts it."""
+    """``celery -A smolsite worker -Q <queue> --pool threads``, as `make worker` starts it."""
 
     def __init__(self, name, queue, log_dir, **env):
         self.name, self.queue, self.log_dir, self.extra_env = name, queue, Path(log_dir), env
@@ -98,7 +98,8 @@ class WorkerProcess:
         self.stderr_path = self.log_dir / f"{self.name}-{self.starts}.err"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [CELERY, "-A", "smolsite", "worker", "-Q", self.queue, "--pool", "solo", "-n", f"{self.name}@%h",
+                [CELERY, "-A", "smolsite", "worker", "-Q", self.queue, "--pool", "threads", "--concurrency", "8",
+                 "-n", f"{self.name}@%h",
                  "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
                 cwd=BASE_DIR, env=worker_env(**self.extra_env), stdout=out, stderr=err)
         self.worker_id = ""
@@ -153,8 +154,9 @@ def redis_db():
 
 @pytest.fixture(scope="module")
 def cpu_worker(django_db_setup, redis_db, tmp_path_factory):
-    """One device worker for the module, restarted by ``worker`` if a test stopped it."""
-    worker = WorkerProcess("cpu-test", "device.cpu", tmp_path_factory.mktemp("workers"))
+    """One device worker for the module, restarted by ``worker`` if a test stopped it. One engine
+    slot, so a second request waits in line behind a running one."""
+    worker = WorkerProcess("cpu-test", "device.cpu", tmp_path_factory.mktemp("workers"), SMOLSITE_SLOTS="1")
     yield worker
     worker.stop()  # before pytest-django drops the test database the worker is connected to
 
@@ -386,10 +388,14 @@ async def test_stop_while_queued_behind_another_generation(worker, layer):
     second = await send(conv_b, LONG)
     async with GroupListener(layer, conv_a.pk) as a, GroupListener(layer, conv_b.pk) as b:
         dispatch.enqueue(str(first.pk), MODEL)
-        await a.until(lambda: a.text(first.pk))  # the worker (one job at a time) is busy with the first
+        await a.until(lambda: a.text(first.pk))  # the worker's only slot is busy with the first
         dispatch.enqueue(str(second.pk), MODEL)
+        # The second waits in the engine's line, and its tabs are told where it stands.
+        await b.until(lambda: any(e["kind"] == "queue" for e in b.events.get(second.pk, [])))
+        assert next(e for e in b.events[second.pk] if e["kind"] == "queue")["ahead"] == 0
         dispatch.stop(str(second.pk))
-        assert (await get_message(second.pk)).status == "pending"
+        await b.until(lambda: b.done(second.pk))
+        assert (await get_message(first.pk)).status == "streaming"  # unaffected by the other stop
         dispatch.stop(str(first.pk))
         await a.until(lambda: a.done(first.pk))
         await b.until(lambda: b.done(second.pk))
@@ -398,7 +404,7 @@ async def test_stop_while_queued_behind_another_generation(worker, layer):
     assert first.status == "stopped" and first.content.strip() and first.content == a.text(first.pk)
     assert second.status == "stopped" and second.content == "" and second.completion_tokens == 0
     assert second.worker_id == worker.worker_id
-    assert [e["kind"] for e in b.events[second.pk]] == ["start", "done"]
+    assert [e["kind"] for e in b.events[second.pk]] == ["start", "queue", "done"]
 
 
 # ---- (d) a worker that cannot load its model ------------------------------------------------------
@@ -484,3 +490,61 @@ def test_readyz_lists_the_worker_and_is_503_without_one(worker, client):
     assert body["checks"]["database"]["ok"] and body["checks"]["channel_layer"]["ok"]
     assert body["checks"]["workers"] == {"ok": False, "workers": [],
                                          "error": "no device worker with a loaded model"}
+
+
+# ---- (g) cache-affine routing between two workers -------------------------------------------------
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_follow_ups_go_to_the_worker_holding_the_conversation(cpu_worker, redis_db, layer, tmp_path,
+                                                                    loaded_engine):
+    from chat.store import history_for
+    from inference.testing import make_request, run_request
+
+    cpu_worker.stop()  # only the two workers of this test take device.cpu
+    pair = [WorkerProcess("cpu-left", "device.cpu", tmp_path), WorkerProcess("cpu-right", "device.cpu", tmp_path)]
+    for w in pair:
+        w.start()
+    try:
+        for w in pair:
+            await asyncio.to_thread(w.wait_ready)
+        user, conv = await make_conversation("gina", max_tokens=16)
+        comm = await connect(user, conv)
+
+        async def turn(content):
+            await comm.send_json_to({"action": "send", "content": content})
+            frames = await frames_until(comm, lambda f: f["type"] == "final", timeout=GEN_TIMEOUT)
+            reply_id = next(f for f in frames if f["type"] == "thread")["active"]
+            return await get_message(reply_id)
+
+        first = await turn("Remember the colour teal. " * 8 + "Which colour?")
+        assert first.status == "done", first.error
+        holder = next(w for w in pair if w.worker_id == first.worker_id)
+        other = next(w for w in pair if w is not holder)
+        follow = await turn("And which colour comes after it?")
+        assert follow.status == "done" and follow.worker_id == holder.worker_id
+        assert follow.cached_tokens > first.prompt_tokens // 2  # its own earlier turn was not prefilled again
+
+        # The holder dies: the next turn is first routed to it (its heartbeat lingers), then the
+        # reaper sees it dead and hands the message to the other worker, which prefills everything.
+        holder.stop(signal.SIGKILL)
+        await comm.send_json_to({"action": "send", "content": "Name one more colour."})
+        async with asyncio.timeout(120):
+            while True:
+                await database_sync_to_async(reap)()
+                last = await database_sync_to_async(
+                    lambda: Message.objects.filter(conversation=conv, role="assistant").order_by("-id").first())()
+                if last.pk != follow.pk and last.status not in Message.ACTIVE:
+                    break
+                await asyncio.sleep(0.5)
+        assert last.status == "done", last.error
+        assert last.worker_id == other.worker_id and last.cached_tokens == 0
+        # A correct answer: what a cold engine in this process says to the same history.
+        request = make_request(MODEL, "", max_tokens=16)
+        request.messages = await database_sync_to_async(history_for)(last)
+        local, _ = await asyncio.to_thread(run_request, loaded_engine, request)
+        assert local.text == last.content
+        await comm.disconnect()
+    finally:
+        for w in pair:
+            w.stop(signal.SIGKILL)
