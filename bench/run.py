@@ -189,7 +189,7 @@ async def service_embedded_run(engine, args, llama_thread):
     await layer.group_add(request.group, channel)
     store = MemoryStore()
     store.add(request)
-    service = GenerationService(engine=engine, store=store,
+    service = GenerationService(registry=engine, store=store,
                                 publisher_factory=lambda group, mid: Publisher(group, mid, layer=layer, loop=loop))
 
     def job():  # what inference.service.run_job does, with our store
@@ -439,7 +439,7 @@ async def bench(args, env, tmp):
     from django.conf import settings
     from llama_cpp import Llama
 
-    from inference.engine import get_engine
+    from inference.registry import get_registry
     from inference.models import get_model
 
     model = get_model(MODEL)
@@ -451,7 +451,7 @@ async def bench(args, env, tmp):
     raw_llm = await loop.run_in_executor(llama_thread, lambda: Llama(
         model_path=model.path, n_ctx=model.n_ctx, n_threads=model.threads, n_threads_batch=model.threads,
         verbose=False))
-    engine = get_engine()
+    engine = get_registry()
     await loop.run_in_executor(llama_thread, engine.load_device, "cpu")
     chat = await sync_to_async(Chat)()
     app = websocket_app()

@@ -6,7 +6,7 @@ import sys
 from celery.signals import worker_init, worker_process_init, worker_shutdown
 
 from .devices import available_devices
-from .engine import get_engine
+from .registry import get_registry
 from .routing import direct_queue
 from .workers import Heartbeat, make_worker_id
 from .worker_state import set_process_worker_id
@@ -28,16 +28,16 @@ def start_worker_process():
         if dev not in available_devices():
             raise RuntimeError(f"this llama.cpp build cannot use device {dev!r} "
                                f"(available: {', '.join(available_devices())})")
-        get_engine().load_device(dev)
+        get_registry().load_device(dev)
     except Exception as exc:
         logger.critical("device worker %s cannot load its models: %s", dev, exc)
         print(f"smolsite: device worker {dev!r} cannot load its models: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(3)
     worker_id = make_worker_id(dev)
     set_process_worker_id(worker_id)
-    _heartbeat = Heartbeat(worker_id, dev, get_engine().loaded_models,
-                           lambda: {"queue": direct_queue(worker_id), **get_engine().occupancy()}).start()
-    logger.info("device worker %s ready with %s", worker_id, get_engine().loaded_models())
+    _heartbeat = Heartbeat(worker_id, dev, get_registry().loaded_models,
+                           lambda: {"queue": direct_queue(worker_id), **get_registry().occupancy()}).start()
+    logger.info("device worker %s ready with %s", worker_id, get_registry().loaded_models())
 
 
 @worker_process_init.connect

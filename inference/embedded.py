@@ -3,7 +3,7 @@
 A served process runs each as its own supervised child process by default
 (SMOLSITE_WORKER_MODE=process, inference.supervisor), so a native crash in llama.cpp takes down
 the worker, not the site. ``thread`` runs it as a thread of the web process instead, holding the
-process's own engine; that is also what code that enqueues without a served start-up gets (the
+process's own model registry; that is also what code that enqueues without a served start-up gets (the
 in-process tests, the benchmark). Either way jobs run the same ``run_job`` as the Celery
 workers, many at once, because the backend batches and queues fairly across sequences.
 """
@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from .engine import get_engine
+from .registry import get_registry
 from .publish import set_thread_loop
 from .workers import Heartbeat, make_worker_id
 from .worker_state import set_thread_worker_id
@@ -78,7 +78,7 @@ def job_pool(device):
 
 
 class EmbeddedWorker:
-    """Thread mode: loads the device's models into this process's engine, then runs jobs."""
+    """Thread mode: loads the device's models into this process's model registry, then runs jobs."""
 
     def __init__(self, device):
         self.device = device
@@ -101,12 +101,12 @@ class EmbeddedWorker:
 
     def _run(self):
         try:
-            get_engine().load_device(self.device, keep_going=True)
+            get_registry().load_device(self.device, keep_going=True)
         except Exception as exc:
             # Keep serving the queue: each job then ends as an error that says why.
             self.error = exc
             logger.critical("embedded worker %s cannot load its models: %s", self.device, exc)
-        self.heartbeat = Heartbeat(self.worker_id, self.device, get_engine().loaded_models).start()
+        self.heartbeat = Heartbeat(self.worker_id, self.device, get_registry().loaded_models).start()
         self.ready.set()
         pool = job_pool(self.device)
         while True:

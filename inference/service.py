@@ -11,8 +11,8 @@ from typing import Optional
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from .backends import BackendError, Delta, Finish, PromptTooLong, Queued
-from .engine import get_engine
+from .backends import BackendError, Finish, PromptTooLong, Queued
+from .registry import get_registry
 from .models import model_info
 from .plugins import get_plugin_manager
 from .publish import Publisher
@@ -134,8 +134,8 @@ class _FilterChain:
 
 
 class GenerationService:
-    def __init__(self, engine=None, store=None, publisher_factory=Publisher):
-        self.engine = engine or get_engine()
+    def __init__(self, registry=None, store=None, publisher_factory=Publisher):
+        self.registry = registry or get_registry()
         self.store = store
         self.publisher_factory = publisher_factory
 
@@ -155,7 +155,7 @@ class GenerationService:
             if should_stop():
                 result.status, result.finish_reason = "stopped", "stopped"
             else:
-                backend = self.engine.backend(request.model)
+                backend = self.registry.backend(request.model)
                 result.backend = backend.name
                 info = model_info(backend.model)
                 pm.hook.prepare_request(request=request, model=backend.model, info=info)

@@ -58,7 +58,7 @@ class RecordingPublisher:
         self.closed = True
 
 
-def run_service(engine, request, store=None):
+def run_service(registry, request, store=None):
     """Run one request through the real GenerationService; returns (result, publisher, store)."""
     store = store or MemoryStore()
     publishers = []
@@ -68,13 +68,13 @@ def run_service(engine, request, store=None):
         publishers.append(pub)
         return pub
 
-    result = GenerationService(engine=engine, store=store, publisher_factory=factory).run(request)
+    result = GenerationService(registry=registry, store=store, publisher_factory=factory).run(request)
     return result, publishers[0], store
 
 
-def run_request(engine, request, store=None):
+def run_request(registry, request, store=None):
     """Run one request through the real GenerationService; returns (result, events)."""
-    result, publisher, _ = run_service(engine, request, store)
+    result, publisher, _ = run_service(registry, request, store)
     return result, publisher.events
 
 

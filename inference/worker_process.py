@@ -43,7 +43,7 @@ def main(argv=None):
 
     from . import parent_link
     from .embedded import job_pool, run_embedded_job
-    from .engine import get_engine
+    from .registry import get_registry
     from .stop import request_stop
     from .workers import make_worker_id
     from .worker_state import set_process_worker_id
@@ -91,11 +91,11 @@ def main(argv=None):
     threading.Thread(target=read, name="smolsite-parent-link", daemon=True).start()
     error = ""
     try:
-        get_engine().load_device(args.device, keep_going=True)
+        get_registry().load_device(args.device, keep_going=True)
     except Exception as exc:
         # Keep serving the queue: each job then ends as an error that says why (the web process logs it).
         error = str(exc)
-    models = get_engine().loaded_models()
+    models = get_registry().loaded_models()
     parent_link.send(("ready", {"worker_id": worker_id, "pid": os.getpid(), "models": models, "error": error}))
     threading.Event().wait()  # the reader ends this process
 

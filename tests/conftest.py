@@ -18,32 +18,33 @@ def default_model_path():
 
 
 @pytest.fixture(scope="session")
-def loaded_engine(default_model_path):
-    """The process engine with the real SmolLM2-135M loaded once for the whole run."""
-    from inference.engine import get_engine
+def loaded_registry(default_model_path):
+    """The process's model registry with the real SmolLM2-135M loaded once for the whole run."""
+    from inference.registry import get_registry
 
-    engine = get_engine()
-    engine.load_device("cpu")
-    return engine
+    registry = get_registry()
+    registry.load_device("cpu")
+    return registry
 
 
 @pytest.fixture
-def bundled_engine(default_model_path):
-    """Makes engines holding the bundled model under another name and context size; unloads them after."""
-    from inference.engine import Engine
+def bundled_registry(default_model_path):
+    """Makes registries holding the bundled model under another name, context size and options
+    (registry settings such as slots); unloads them after."""
+    from inference.registry import ModelRegistry
     from inference.models import ModelConfig
 
-    engines = []
+    registries = []
 
     def make(name="m", n_ctx=2048, **options):
-        engine = Engine()
-        engine.load([ModelConfig(name=name, path=default_model_path, n_ctx=n_ctx, options=options)])
-        engines.append(engine)
-        return engine
+        registry = ModelRegistry()
+        registry.load([ModelConfig(name=name, path=default_model_path, n_ctx=n_ctx, options=options)])
+        registries.append(registry)
+        return registry
 
     yield make
-    for engine in engines:
-        engine.unload_all()
+    for registry in registries:
+        registry.unload_all()
 
 
 @pytest.fixture

@@ -57,7 +57,7 @@ def text_of(frames, message_id):
     return text
 
 
-async def test_send_streams_real_tokens_and_persists(loaded_engine):
+async def test_send_streams_real_tokens_and_persists(loaded_registry):
     user, conv = await make_conversation(max_tokens=24)
     comm, connected, _ = await connect(user, conv.pk)
     assert connected
@@ -75,7 +75,7 @@ async def test_send_streams_real_tokens_and_persists(loaded_engine):
     await comm.disconnect()
 
 
-async def test_other_users_conversation_is_refused(loaded_engine):
+async def test_other_users_conversation_is_refused(loaded_registry):
     _, conv = await make_conversation("owner")
     intruder = await database_sync_to_async(get_user_model().objects.create_user)("mallory", password="pw-123456789")
     comm, connected, code = await connect(intruder, conv.pk)
@@ -94,7 +94,7 @@ async def test_other_users_conversation_is_refused(loaded_engine):
     ('{"action": "regenerate", "message": -1e400}', "Malformed"),
     (json.dumps({"action": "edit", "message": 10 ** 30, "content": "x"}), "cannot be edited"),
 ])
-async def test_malformed_frames_get_an_error_and_write_nothing(loaded_engine, payload, expected):
+async def test_malformed_frames_get_an_error_and_write_nothing(loaded_registry, payload, expected):
     user, conv = await make_conversation()
     comm, connected, _ = await connect(user, conv.pk)
     assert connected
@@ -122,7 +122,7 @@ async def start_generation(comm, content="Tell me a long story about a dragon.")
     return reply_id, frames
 
 
-async def test_stop_mid_stream_keeps_partial_text(loaded_engine):
+async def test_stop_mid_stream_keeps_partial_text(loaded_registry):
     user, conv = await make_conversation(max_tokens=400)
     comm, _, _ = await connect(user, conv.pk)
     reply_id, frames = await start_generation(comm)
@@ -135,7 +135,7 @@ async def test_stop_mid_stream_keeps_partial_text(loaded_engine):
     await comm.disconnect()
 
 
-async def test_second_send_while_generating_is_refused(loaded_engine):
+async def test_second_send_while_generating_is_refused(loaded_registry):
     user, conv = await make_conversation(max_tokens=300)
     comm, _, _ = await connect(user, conv.pk)
     reply_id, _ = await start_generation(comm)
@@ -149,7 +149,7 @@ async def test_second_send_while_generating_is_refused(loaded_engine):
     await comm.disconnect()
 
 
-async def test_reconnect_mid_stream_replays_without_gap_or_duplicate(loaded_engine):
+async def test_reconnect_mid_stream_replays_without_gap_or_duplicate(loaded_registry):
     user, conv = await make_conversation(max_tokens=600)
     first, _, _ = await connect(user, conv.pk)
     reply_id, _ = await start_generation(first)
@@ -167,7 +167,7 @@ async def test_reconnect_mid_stream_replays_without_gap_or_duplicate(loaded_engi
     await second.disconnect()
 
 
-async def test_every_tab_sees_the_same_stream(loaded_engine):
+async def test_every_tab_sees_the_same_stream(loaded_registry):
     user, conv = await make_conversation(max_tokens=30)
     tab_a, _, _ = await connect(user, conv.pk)
     tab_b, _, _ = await connect(user, conv.pk)
@@ -181,7 +181,7 @@ async def test_every_tab_sees_the_same_stream(loaded_engine):
     await tab_b.disconnect()
 
 
-async def test_regenerate_and_edit_make_branches(loaded_engine):
+async def test_regenerate_and_edit_make_branches(loaded_registry):
     user, conv = await make_conversation(max_tokens=8)
     comm, _, _ = await connect(user, conv.pk)
     await comm.send_json_to({"action": "send", "content": "Hello there"})
@@ -214,7 +214,7 @@ async def test_regenerate_and_edit_make_branches(loaded_engine):
     await comm.disconnect()
 
 
-async def test_foreign_origin_and_anonymous_users_are_refused(loaded_engine):
+async def test_foreign_origin_and_anonymous_users_are_refused(loaded_registry):
     from django.contrib.auth.models import AnonymousUser
 
     user, conv = await make_conversation("origin-check")
@@ -226,7 +226,7 @@ async def test_foreign_origin_and_anonymous_users_are_refused(loaded_engine):
     assert not connected and code == 4403
 
 
-async def test_reaped_message_ends_on_an_open_tab_even_when_its_seq_lags(loaded_engine):
+async def test_reaped_message_ends_on_an_open_tab_even_when_its_seq_lags(loaded_registry):
     from chat.reaper import reap
 
     user, conv = await make_conversation("reaped")
@@ -252,7 +252,7 @@ async def test_reaped_message_ends_on_an_open_tab_even_when_its_seq_lags(loaded_
     await comm.disconnect()
 
 
-async def test_send_in_a_chat_whose_model_was_removed_is_refused_and_writes_nothing(loaded_engine):
+async def test_send_in_a_chat_whose_model_was_removed_is_refused_and_writes_nothing(loaded_registry):
     user, conv = await make_conversation("retired")
     await database_sync_to_async(Conversation.objects.filter(pk=conv.pk).update)(model="retired-model")
     comm, connected, _ = await connect(user, conv.pk)

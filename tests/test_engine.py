@@ -52,8 +52,8 @@ def tokens_of(backend, text):
     return backend.llm_model.tokenize(text.encode(), add_bos=False, special=False)
 
 
-def test_batched_greedy_output_matches_alone_and_never_mixes_sequences(bundled_engine):
-    backend = bundled_engine(slots=8).backend("m")
+def test_batched_greedy_output_matches_alone_and_never_mixes_sequences(bundled_registry):
+    backend = bundled_registry(slots=8).backend("m")
     # Different users: no prefix reuse, every prompt is prefilled in the batch.
     alone = [collect(backend, request(p, user=f"alone-{i}"))[0] for i, p in enumerate(PROMPTS)]
     together = run_together(backend, [request(p, user=f"batch-{i}") for i, p in enumerate(PROMPTS)])
@@ -83,8 +83,8 @@ def common_prefix(a, b):
     return n
 
 
-def test_admission_and_retirement_under_churn(bundled_engine):
-    backend = bundled_engine(slots=3, batch_tokens=64).backend("m")
+def test_admission_and_retirement_under_churn(bundled_registry):
+    backend = bundled_registry(slots=3, batch_tokens=64).backend("m")
     lengths = [1, 7, 3, 12, 2, 9, 5, 4, 11, 6]
     reqs = [request(f"Tell me about the number {n}.", user=f"c{i % 4}", max_tokens=n, temperature=0.8, seed=i)
             for i, n in enumerate(lengths)]
@@ -98,8 +98,8 @@ def test_admission_and_retirement_under_churn(bundled_engine):
     assert stats["running"] == 0 and stats["waiting"] == 0
 
 
-def test_stop_one_sequence_among_several_also_during_prefill(bundled_engine):
-    backend = bundled_engine(slots=4, batch_tokens=32).backend("m")
+def test_stop_one_sequence_among_several_also_during_prefill(bundled_registry):
+    backend = bundled_registry(slots=4, batch_tokens=32).backend("m")
     stop_now = threading.Event()
     long_prompt = "Summarise this. " + " ".join(f"Fact {i}: the sky was blue on day {i}." for i in range(60))
     results = {}
@@ -129,8 +129,8 @@ def test_stop_one_sequence_among_several_also_during_prefill(bundled_engine):
         assert results[i][1].reason in ("stop", "length") and results[i][0].strip()
 
 
-def test_prefix_reuse_is_scoped_to_the_user(bundled_engine):
-    backend = bundled_engine(slots=2).backend("m")
+def test_prefix_reuse_is_scoped_to_the_user(bundled_registry):
+    backend = bundled_registry(slots=2).backend("m")
     history = "Remember these words: " + " ".join(f"word{i}" for i in range(60)) + "."
     first = request(history, user="alice")
     first_text, finish, _ = collect(backend, first)
@@ -148,10 +148,10 @@ def test_prefix_reuse_is_scoped_to_the_user(bundled_engine):
     assert stats["prefix_hits"] >= 1 and stats["prefix_misses"] >= 2
 
 
-def test_a_fully_cached_prompt_samples_from_its_own_logits(bundled_engine):
+def test_a_fully_cached_prompt_samples_from_its_own_logits(bundled_registry):
     """Retry after a stop at the first token: the prompt is entirely cached, and the context last
     decoded another conversation; the first token must still be the prompt's own."""
-    backend = bundled_engine(slots=1).backend("m")
+    backend = bundled_registry(slots=1).backend("m")
     prompt = "Write one sentence about the sea. " * 4
     expected, _, _ = collect(backend, request(prompt, user="a", max_tokens=6))
     collect(backend, request("Count to five.", user="other", max_tokens=6))
@@ -162,10 +162,10 @@ def test_a_fully_cached_prompt_samples_from_its_own_logits(bundled_engine):
     assert again == expected
 
 
-def test_host_tier_keeps_within_its_byte_budget(bundled_engine):
+def test_host_tier_keeps_within_its_byte_budget(bundled_registry):
     # One running and one resident sequence: every third user pushes the oldest out to host RAM,
     # where each state takes about 1.6 MB (70 tokens of KV), so a 4 MB budget holds two.
-    backend = bundled_engine(slots=1, state_cache_mb=4).backend("m")
+    backend = bundled_registry(slots=1, state_cache_mb=4).backend("m")
     host = backend.engine.table.host
     prompts = [f"Topic {i}: " + "tell me something interesting. " * 6 for i in range(6)]
     for i, prompt in enumerate(prompts):
@@ -179,8 +179,8 @@ def test_host_tier_keeps_within_its_byte_budget(bundled_engine):
     assert finish.cached_tokens == 0  # dropped by the budget: prefilled again
 
 
-def test_two_users_share_the_device_fairly_and_see_their_place_in_line(bundled_engine):
-    backend = bundled_engine(slots=1, user_concurrency=1).backend("m")
+def test_two_users_share_the_device_fairly_and_see_their_place_in_line(bundled_registry):
+    backend = bundled_registry(slots=1, user_concurrency=1).backend("m")
     order, lock = [], threading.Lock()
     queued = {}
 

@@ -24,9 +24,9 @@ def raw_reference(default_model_path):
     return out["choices"][0]["message"]["content"], out["usage"]
 
 
-def test_service_matches_raw_llama_cpp_greedy(loaded_engine, raw_reference):
+def test_service_matches_raw_llama_cpp_greedy(loaded_registry, raw_reference):
     text, usage = raw_reference
-    result, events = run_request(loaded_engine, make_request("smollm2-135m", QUESTION, max_tokens=MAX))
+    result, events = run_request(loaded_registry, make_request("smollm2-135m", QUESTION, max_tokens=MAX))
     assert result.status == "done"
     assert result.text == text
     assert result.prompt_tokens == usage["prompt_tokens"]
@@ -40,15 +40,15 @@ def test_service_matches_raw_llama_cpp_greedy(loaded_engine, raw_reference):
     assert events[-1]["stats"]["completion_tokens"] == usage["completion_tokens"]
 
 
-def test_special_tokens_never_reach_the_text(loaded_engine):
-    result, _ = run_request(loaded_engine, make_request("smollm2-135m", "Say hi.", max_tokens=200))
+def test_special_tokens_never_reach_the_text(loaded_registry):
+    result, _ = run_request(loaded_registry, make_request("smollm2-135m", "Say hi.", max_tokens=200))
     assert result.finish_reason == "stop"  # ended on <|im_end|>, which is not in the text
     assert "<|im_end|>" not in result.text and "<|im_start|>" not in result.text
 
 
-def test_sampling_parameters_are_honoured(loaded_engine):
+def test_sampling_parameters_are_honoured(loaded_registry):
     def run(**params):
-        return run_request(loaded_engine, make_request("smollm2-135m", QUESTION, **params))[0]
+        return run_request(loaded_registry, make_request("smollm2-135m", QUESTION, **params))[0]
 
     a = run(temperature=1.0, top_p=0.9, seed=7, max_tokens=20)
     b = run(temperature=1.0, top_p=0.9, seed=7, max_tokens=20)
@@ -63,17 +63,17 @@ def test_sampling_parameters_are_honoured(loaded_engine):
     assert cut.text == full[: full.index(word)] and cut.finish_reason == "stop"
 
 
-def test_stop_before_first_token(loaded_engine):
+def test_stop_before_first_token(loaded_registry):
     request = make_request("smollm2-135m", QUESTION, request_id="early", max_tokens=MAX)
     request_stop("early")
-    result, events = run_request(loaded_engine, request)
+    result, events = run_request(loaded_registry, request)
     assert result.status == "stopped"
     assert result.text == "" and result.completion_tokens == 0
     assert events[-1] == {**events[-1], "kind": "done", "status": "stopped"}
 
 
-def test_stop_mid_stream_keeps_partial_text(loaded_engine):
-    full = run_request(loaded_engine, make_request("smollm2-135m", QUESTION, max_tokens=200))[0]
+def test_stop_mid_stream_keeps_partial_text(loaded_registry):
+    full = run_request(loaded_registry, make_request("smollm2-135m", QUESTION, max_tokens=200))[0]
 
     class StopAfterFiveBatches(RecordingPublisher):
         def flush(self):
@@ -83,7 +83,7 @@ def test_stop_mid_stream_keeps_partial_text(loaded_engine):
             return seq
 
     store = MemoryStore()
-    service = GenerationService(engine=loaded_engine, store=store,
+    service = GenerationService(registry=loaded_registry, store=store,
                                 publisher_factory=lambda g, m: StopAfterFiveBatches(g, m))
     result = service.run(make_request("smollm2-135m", QUESTION, request_id="mid", max_tokens=200))
     assert result.status == "stopped" and result.finish_reason == "stopped"
@@ -92,15 +92,15 @@ def test_stop_mid_stream_keeps_partial_text(loaded_engine):
     assert store.results["mid"].text == result.text
 
 
-def test_context_overflow_drops_oldest_turns(bundled_engine):
-    small_context_engine = bundled_engine("small-ctx", n_ctx=1024)
+def test_context_overflow_drops_oldest_turns(bundled_registry):
+    small_context_registry = bundled_registry("small-ctx", n_ctx=1024)
     filler = "lorem ipsum dolor sit amet " * 15  # ~100 tokens a turn
     request = make_request("small-ctx", "And now?", max_tokens=16)
     history = []
     for i in range(12):
         history += [{"role": "user", "content": f"{i} {filler}"}, {"role": "assistant", "content": "ok"}]
     request.messages = history + request.messages
-    result, events = run_request(small_context_engine, request)
+    result, events = run_request(small_context_registry, request)
     assert result.status == "done"
     assert result.dropped_turns > 0 and result.dropped_turns % 2 == 0
     assert len(request.messages) == 25 - result.dropped_turns and request.messages[0]["role"] == "user"
@@ -108,14 +108,14 @@ def test_context_overflow_drops_oldest_turns(bundled_engine):
     assert any(e["kind"] == "notice" and e["dropped_turns"] == result.dropped_turns for e in events)
 
 
-def test_prompt_that_cannot_fit_is_a_clear_error(loaded_engine):
-    result, _ = run_request(loaded_engine, make_request("smollm2-135m", "word " * 9000, max_tokens=16))
+def test_prompt_that_cannot_fit_is_a_clear_error(loaded_registry):
+    result, _ = run_request(loaded_registry, make_request("smollm2-135m", "word " * 9000, max_tokens=16))
     assert result.status == "error"
     assert "the prompt is" in result.error and "context holds" in result.error
 
 
 @pytest.mark.django_db(transaction=True)
-def test_celery_task_generates_into_the_message_row(loaded_engine, raw_reference):
+def test_celery_task_generates_into_the_message_row(loaded_registry, raw_reference):
     text, usage = raw_reference
     user = get_user_model().objects.create_user("t", password="pw-123456789")
     conv = Conversation.objects.create(owner=user, model="smollm2-135m", temperature=0.0, max_tokens=MAX)
@@ -136,7 +136,7 @@ def test_celery_task_generates_into_the_message_row(loaded_engine, raw_reference
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_plugin_failing_at_the_start_still_ends_the_message_as_an_error(loaded_engine, plugin_manager_reset):
+def test_a_plugin_failing_at_the_start_still_ends_the_message_as_an_error(loaded_registry, plugin_manager_reset):
     from chat.store import MessageStore
     from inference.hookspecs import hookimpl
     from inference.plugins import build_plugin_manager
@@ -155,7 +155,7 @@ def test_a_plugin_failing_at_the_start_still_ends_the_message_as_an_error(loaded
     reply = Message.objects.create(conversation=conv, parent=question, role="assistant", status="pending",
                                    model_name="smollm2-135m")
     RecordingPublisher.instances.clear()
-    service = GenerationService(engine=loaded_engine, store=MessageStore(),
+    service = GenerationService(registry=loaded_registry, store=MessageStore(),
                                 publisher_factory=RecordingPublisher)
     request = service.store.claim(str(reply.pk), "test-worker")
     try:

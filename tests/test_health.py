@@ -79,7 +79,7 @@ def test_embedded_restart_ends_what_the_old_process_left_active():
 
 
 def test_model_that_failed_to_load_ends_its_jobs_with_the_reason(tmp_path, settings):
-    from inference.engine import Engine
+    from inference.registry import ModelRegistry
     from inference.testing import make_request, run_request
 
     bad = tmp_path / "broken.gguf"
@@ -88,11 +88,11 @@ def test_model_that_failed_to_load_ends_its_jobs_with_the_reason(tmp_path, setti
         "broken": {"path": str(bad), "device": "cpu"},
         "echo": {"path": "", "backend": "echo", "device": "cpu"},
     }
-    engine = Engine()
+    registry = ModelRegistry()
     with pytest.raises(Exception, match="not a GGUF file"):
-        engine.load_device("cpu", keep_going=True)
-    assert engine.loaded_models() == ["echo"]  # the good model still loaded
-    result, events = run_request(engine, make_request("broken", "hello"))
+        registry.load_device("cpu", keep_going=True)
+    assert registry.loaded_models() == ["echo"]  # the good model still loaded
+    result, events = run_request(registry, make_request("broken", "hello"))
     assert result.status == "error"
     assert "could not be loaded" in result.error and "not a GGUF file" in result.error
     assert events[-1]["kind"] == "done" and events[-1]["status"] == "error"

@@ -3,7 +3,7 @@ Each registers a small plugin object on a fresh plugin manager and runs the real
 import pytest
 
 from inference.backends import Backend, Delta, Finish
-from inference.engine import Engine, create_backend, registered_backends
+from inference.registry import ModelRegistry, create_backend, registered_backends
 from inference.hookspecs import hookimpl
 from inference.models import ModelConfig, model_features
 from inference.plugins import build_plugin_manager
@@ -22,9 +22,9 @@ def pm(plugin_manager_reset):
 @pytest.fixture
 def echo_engine(pm, settings):
     settings.SMOLSITE_MODELS = {**settings.SMOLSITE_MODELS, "echo": {"path": "", "backend": "echo", "n_ctx": 512}}
-    engine = Engine()
-    engine.load([ECHO])
-    return engine
+    registry = ModelRegistry()
+    registry.load([ECHO])
+    return registry
 
 
 class ReverseBackend(Backend):
@@ -57,9 +57,9 @@ def test_hook_register_backends(pm):
     backends = registered_backends()
     assert backends["reverse"] is ReverseBackend
     assert {"llama_cpp", "echo"} <= set(backends)
-    engine = Engine()
-    engine.load([ModelConfig(name="rev", path="", backend="reverse")])
-    result, events = run_request(engine, make_request("rev", "abc"))
+    registry = ModelRegistry()
+    registry.load([ModelConfig(name="rev", path="", backend="reverse")])
+    result, events = run_request(registry, make_request("rev", "abc"))
     assert result.text == "cba" and result.status == "done"
 
 

@@ -296,7 +296,7 @@ def streamed_text(frames, message_id):
 # ---- (a) generation through the Celery worker -----------------------------------------------------
 
 @pytest.mark.asyncio
-async def test_greedy_generation_through_a_celery_worker_over_redis(worker, layer, loaded_engine):
+async def test_greedy_generation_through_a_celery_worker_over_redis(worker, layer, loaded_registry):
     from inference.testing import make_request, run_request
 
     user, conv = await make_conversation("alice", max_tokens=48)
@@ -333,7 +333,7 @@ async def test_greedy_generation_through_a_celery_worker_over_redis(worker, laye
     assert message.backend_name == "llama_cpp"
 
     # Greedy: the worker's answer is exactly what the same service produces in this process.
-    local, _ = await asyncio.to_thread(run_request, loaded_engine, make_request(MODEL, SHORT, max_tokens=48))
+    local, _ = await asyncio.to_thread(run_request, loaded_registry, make_request(MODEL, SHORT, max_tokens=48))
     assert local.text == message.content
     assert local.completion_tokens == message.completion_tokens
 
@@ -497,7 +497,7 @@ def test_readyz_lists_the_worker_and_is_503_without_one(worker, client):
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
 async def test_follow_ups_go_to_the_worker_holding_the_conversation(cpu_worker, redis_db, layer, tmp_path,
-                                                                    loaded_engine):
+                                                                    loaded_registry):
     from chat.store import history_for
     from inference.testing import make_request, run_request
 
@@ -542,7 +542,7 @@ async def test_follow_ups_go_to_the_worker_holding_the_conversation(cpu_worker, 
         # A correct answer: what a cold engine in this process says to the same history.
         request = make_request(MODEL, "", max_tokens=16)
         request.messages = await database_sync_to_async(history_for)(last)
-        local, _ = await asyncio.to_thread(run_request, loaded_engine, request)
+        local, _ = await asyncio.to_thread(run_request, loaded_registry, request)
         assert local.text == last.content
         await comm.disconnect()
     finally:

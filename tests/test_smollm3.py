@@ -6,7 +6,7 @@ import pytest
 
 from inference import plugins
 from inference.backends import GenerationRequest, SamplingParams
-from inference.engine import Engine
+from inference.registry import ModelRegistry
 from inference.gguf_info import read_gguf_info
 from inference.models import ModelConfig, model_features, model_info
 from inference.testing import run_service
@@ -22,17 +22,17 @@ def smollm3_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engine(smollm3_path, default_model_path):
-    """A private engine: the tiny SmolLM3 on llama.cpp, plus echo-backend models that read the
+def registry(smollm3_path, default_model_path):
+    """A private model registry: the tiny SmolLM3 on llama.cpp, plus echo-backend models that read the
     tiny file's (resp. SmolLM2's) metadata but answer deterministically."""
-    engine = Engine()
-    engine.load([
+    registry = ModelRegistry()
+    registry.load([
         ModelConfig(name="smollm3-tiny", path=smollm3_path, n_ctx=2048, threads=2),
         ModelConfig(name="smollm3-echo", path=smollm3_path, backend="echo"),
         ModelConfig(name="smollm2-echo", path=default_model_path, backend="echo"),
     ])
-    yield engine
-    engine.unload_all()
+    yield registry
+    registry.unload_all()
 
 
 @pytest.fixture
@@ -82,8 +82,8 @@ def test_tiny_file_is_smollm3_with_the_real_template_and_tokenizer(smollm3_path,
         assert info.metadata[key] == smollm2.metadata[key], key
 
 
-def test_llama_cpp_loads_it_as_smollm3(engine):
-    backend = engine.backend("smollm3-tiny")
+def test_llama_cpp_loads_it_as_smollm3(registry):
+    backend = registry.backend("smollm3-tiny")
     assert backend.name == "llama_cpp"
     assert backend.context_size == 2048
     # The copied tokenizer: ChatML markers are single special tokens.
@@ -111,8 +111,8 @@ def test_feature_does_not_come_from_the_file_name(pm, tmp_path, smollm3_path, de
 
 # ---- prompt rendering -----------------------------------------------------------------------
 
-def test_think_mode_renders_like_the_template_with_enable_thinking_true(pm, engine):
-    backend = engine.backend("smollm3-tiny")
+def test_think_mode_renders_like_the_template_with_enable_thinking_true(pm, registry):
+    backend = registry.backend("smollm3-tiny")
     request = make_request("smollm3-tiny", system="You are terse.", thinking=True)
     original = request.chat_messages()
     prompt = prepared_prompt(pm, backend, request)
@@ -124,8 +124,8 @@ def test_think_mode_renders_like_the_template_with_enable_thinking_true(pm, engi
     assert prompt == backend.template.render(original, enable_thinking=True, **FIXED_DATE)
 
 
-def test_no_think_mode_prefills_the_empty_think_block(pm, engine):
-    backend = engine.backend("smollm3-tiny")
+def test_no_think_mode_prefills_the_empty_think_block(pm, registry):
+    backend = registry.backend("smollm3-tiny")
     request = make_request("smollm3-tiny", system="You are terse.", thinking=False)
     original = request.chat_messages()
     prompt = prepared_prompt(pm, backend, request)
@@ -138,8 +138,8 @@ def test_no_think_mode_prefills_the_empty_think_block(pm, engine):
 
 
 @pytest.mark.parametrize("thinking", [True, False])
-def test_no_system_prompt_renders_the_templates_default_instructions(pm, engine, thinking):
-    backend = engine.backend("smollm3-tiny")
+def test_no_system_prompt_renders_the_templates_default_instructions(pm, registry, thinking):
+    backend = registry.backend("smollm3-tiny")
     request = make_request("smollm3-tiny", thinking=thinking)
     original = request.chat_messages()
     assert original == [{"role": "user", "content": "Hi"}]
@@ -150,8 +150,8 @@ def test_no_system_prompt_renders_the_templates_default_instructions(pm, engine,
 
 
 @pytest.mark.parametrize("thinking, typed", [(True, "/no_think"), (False, "/think")])
-def test_the_toggle_wins_over_a_flag_typed_into_the_system_prompt(pm, engine, thinking, typed):
-    backend = engine.backend("smollm3-tiny")
+def test_the_toggle_wins_over_a_flag_typed_into_the_system_prompt(pm, registry, thinking, typed):
+    backend = registry.backend("smollm3-tiny")
     request = make_request("smollm3-tiny", system=f"You are terse. {typed}", thinking=thinking)
     prompt = prepared_prompt(pm, backend, request)
     expected = backend.template.render(
@@ -168,8 +168,8 @@ MULTI_TURN = [
 ]
 
 
-def test_earlier_reasoning_is_dropped_in_think_mode(pm, engine):
-    backend = engine.backend("smollm3-tiny")
+def test_earlier_reasoning_is_dropped_in_think_mode(pm, registry):
+    backend = registry.backend("smollm3-tiny")
     request = make_request("smollm3-tiny", messages=MULTI_TURN, thinking=True)
     # The reasoning is handed to the template; the template is what leaves it out.
     assert request.chat_messages()[1]["reasoning_content"] == "SECRET-REASONING two plus two"
@@ -180,8 +180,8 @@ def test_earlier_reasoning_is_dropped_in_think_mode(pm, engine):
     assert EMPTY_THINK not in prompt
 
 
-def test_earlier_turns_get_the_empty_think_block_in_no_think_mode(pm, engine):
-    backend = engine.backend("smollm3-tiny")
+def test_earlier_turns_get_the_empty_think_block_in_no_think_mode(pm, registry):
+    backend = registry.backend("smollm3-tiny")
     request = make_request("smollm3-tiny", messages=MULTI_TURN, thinking=False)
     prompt = prepared_prompt(pm, backend, request)
     assert "SECRET-REASONING" not in prompt
@@ -193,11 +193,11 @@ def test_earlier_turns_get_the_empty_think_block_in_no_think_mode(pm, engine):
 # ---- generation -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("thinking", [True, False])
-def test_generation_through_the_service(pm, engine, thinking):
-    backend = engine.backend("smollm3-tiny")
+def test_generation_through_the_service(pm, registry, thinking):
+    backend = registry.backend("smollm3-tiny")
     request = make_request("smollm3-tiny", system="Be brief.", thinking=thinking,
                            temperature=0.8, max_tokens=8, seed=7)
-    result, publisher, store = run_service(engine, request)
+    result, publisher, store = run_service(registry, request)
     assert (result.status, result.error) == ("done", "")
     assert result.backend == "llama_cpp"
     assert result.finish_reason in ("stop", "length")
@@ -223,8 +223,8 @@ def echo_request(model, thinking=True):
     return make_request(model, messages=[{"role": "user", "content": ECHO_THOUGHT}], thinking=thinking)
 
 
-def test_service_splits_reasoning_from_the_answer(pm, engine):
-    result, publisher, _ = run_service(engine, echo_request("smollm3-echo"))
+def test_service_splits_reasoning_from_the_answer(pm, registry):
+    result, publisher, _ = run_service(registry, echo_request("smollm3-echo"))
     assert result.status == "done"
     assert result.reasoning == "Plan: greet. "  # the space after </think> stays out of the answer
     assert result.text == "Hello there"
@@ -236,14 +236,14 @@ def test_service_splits_reasoning_from_the_answer(pm, engine):
     assert streamed == sorted(streamed)  # all reasoning before any text
 
 
-def test_no_filter_for_a_model_without_the_feature(pm, engine):
-    model = engine.backend("smollm2-echo").model
+def test_no_filter_for_a_model_without_the_feature(pm, registry):
+    model = registry.backend("smollm2-echo").model
     request = echo_request("smollm2-echo")
     pm.hook.prepare_request(request=request, model=model, info=model_info(model))
     assert request.system_prompt == "" and request.template_kwargs == FIXED_DATE
     assert [f for f in pm.hook.register_stream_filters(request=request, model=model, info=model_info(model))
             if f is not None] == []
-    result, publisher, _ = run_service(engine, echo_request("smollm2-echo"))
+    result, publisher, _ = run_service(registry, echo_request("smollm2-echo"))
     assert result.text == ECHO_THOUGHT and result.reasoning == ""
     assert result.reasoning_seconds is None
     assert not [e for e in publisher.events if e["kind"] == "reasoning"]
@@ -251,7 +251,7 @@ def test_no_filter_for_a_model_without_the_feature(pm, engine):
 
 # ---- the plugin blocked ---------------------------------------------------------------------
 
-def test_blocked_plugin_removes_the_feature(pm_blocked, engine, smollm3_path):
+def test_blocked_plugin_removes_the_feature(pm_blocked, registry, smollm3_path):
     assert pm_blocked.is_blocked("thinking")
     model = ModelConfig(name="s3", path=smollm3_path)
     assert "thinking" not in model_features(model)
@@ -264,8 +264,8 @@ def test_blocked_plugin_removes_the_feature(pm_blocked, engine, smollm3_path):
     assert [f for f in filters if f is not None] == []
 
 
-def test_blocked_plugin_leaves_the_output_alone(pm_blocked, engine):
-    result, publisher, _ = run_service(engine, echo_request("smollm3-echo"))
+def test_blocked_plugin_leaves_the_output_alone(pm_blocked, registry):
+    result, publisher, _ = run_service(registry, echo_request("smollm3-echo"))
     assert result.status == "done"
     assert result.text == ECHO_THOUGHT and result.reasoning == ""
     assert not [e for e in publisher.events if e["kind"] == "reasoning"]

@@ -1,4 +1,5 @@
-"""The models this process holds: one backend instance per model, loaded once per process."""
+"""The registry of models this process holds: one backend instance per model, loaded once per
+process (the batching itself happens inside a backend: plugins/llama_cpp/engine.py)."""
 import atexit
 import logging
 import threading
@@ -31,7 +32,7 @@ def create_backend(model):
     return backends[name](model)
 
 
-class Engine:
+class ModelRegistry:
     def __init__(self):
         self._backends = {}
         self._failures = {}  # model name -> why it could not load, told to every job for it
@@ -110,10 +111,10 @@ class Engine:
             backend.close()
 
 
-_engine = Engine()
+_registry = ModelRegistry()
 # Free models before the interpreter tears down the modules llama-cpp-python's destructor needs.
-atexit.register(_engine.unload_all)
+atexit.register(_registry.unload_all)
 
 
-def get_engine():
-    return _engine
+def get_registry():
+    return _registry
