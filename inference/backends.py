@@ -37,6 +37,9 @@ class GenerationRequest:
     # device fairly between users.
     user_key: str = ""
     priority: str = "interactive"  # or "background" (batch jobs): served when people are not
+    # A GBNF grammar the answer must follow (structured output); "" for free text. A backend that
+    # cannot enforce it must fail the request, never answer unconstrained.
+    grammar: str = ""
 
     def chat_messages(self):
         """Messages in the shape chat templates expect, system prompt first."""

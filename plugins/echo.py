@@ -23,6 +23,10 @@ class EchoBackend(Backend):
         return len(text.split())
 
     def submit(self, request, prompt, should_stop):
+        if request.grammar:
+            yield Finish("error", self.count_tokens(prompt), 0,
+                         error="the echo backend cannot follow a grammar (structured output)")
+            return
         last_user = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
         words = last_user.split()
         produced = 0

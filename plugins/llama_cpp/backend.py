@@ -148,7 +148,8 @@ class LlamaCppBackend(Backend):
         if should_stop():
             yield Finish("stopped", len(tokens), 0)
             return
-        job = self.engine.submit(Job(tokens, request.params, user=request.user_key, priority=request.priority))
+        job = self.engine.submit(Job(tokens, request.params, user=request.user_key, priority=request.priority,
+                                     grammar=request.grammar or None))
         yield from wait_chunks(self.engine, job, should_stop)
 
     def stats(self):
