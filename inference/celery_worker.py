@@ -8,7 +8,7 @@ from celery.signals import worker_init, worker_process_init, worker_shutdown
 from .devices import available_devices
 from .registry import get_registry
 from .routing import direct_queue
-from .workers import Heartbeat, make_worker_id
+from .workers import EngineReporter, Heartbeat, make_worker_id
 from .worker_state import set_process_worker_id
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ def start_worker_process():
     set_process_worker_id(worker_id)
     _heartbeat = Heartbeat(worker_id, dev, get_registry().loaded_models,
                            lambda: {"queue": direct_queue(worker_id), **get_registry().occupancy()}).start()
+    EngineReporter(worker_id, get_registry().stats).start()
     logger.info("device worker %s ready with %s", worker_id, get_registry().loaded_models())
 
 

@@ -17,7 +17,7 @@ from django.db import connections
 
 from .registry import get_registry
 from .publish import set_thread_loop
-from .workers import Heartbeat, make_worker_id
+from .workers import EngineReporter, Heartbeat, make_worker_id
 from .worker_state import set_thread_worker_id
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class EmbeddedWorker:
             self.error = exc
             logger.critical("embedded worker %s cannot load its models: %s", self.device, exc)
         self.heartbeat = Heartbeat(self.worker_id, self.device, get_registry().loaded_models).start()
+        EngineReporter(self.worker_id, get_registry().stats).start()
         self.ready.set()
         pool = job_pool(self.device)
         while True:

@@ -45,7 +45,7 @@ def main(argv=None):
     from .embedded import job_pool, run_embedded_job
     from .registry import get_registry
     from .stop import request_stop
-    from .workers import make_worker_id
+    from .workers import EngineReporter, make_worker_id
     from .worker_state import set_process_worker_id
 
     parent_link.attach(conn)
@@ -96,6 +96,7 @@ def main(argv=None):
         # Keep serving the queue: each job then ends as an error that says why (the web process logs it).
         error = str(exc)
     models = get_registry().loaded_models()
+    EngineReporter(worker_id, get_registry().stats).start()
     parent_link.send(("ready", {"worker_id": worker_id, "pid": os.getpid(), "models": models, "error": error}))
     threading.Event().wait()  # the reader ends this process
 

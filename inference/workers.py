@@ -73,3 +73,39 @@ class Heartbeat:
     def stop(self):
         self._stop.set()
         forget(self.worker_id)
+
+
+def _engine_key(worker_id):
+    return f"smolsite:engine:{worker_id}"
+
+
+def engine_stats():
+    """worker id -> {model -> engine figures}, for workers alive now (read by /metrics)."""
+    alive = [w["id"] for w in alive_workers()]
+    found = cache.get_many([_engine_key(w) for w in alive])
+    return {w: found[_engine_key(w)] for w in alive if _engine_key(w) in found}
+
+
+class EngineReporter:
+    """Where a device's models run (a Celery worker, the embedded child), their engines' running and
+    waiting sequences, batch fill and cache hits reach the shared cache every few seconds."""
+
+    def __init__(self, worker_id, stats_fn):
+        self.worker_id, self.stats_fn = worker_id, stats_fn
+        self._stop = threading.Event()
+
+    def start(self):
+        threading.Thread(target=self._run, name="smolsite-engine-stats", daemon=True).start()
+        return self
+
+    def _run(self):
+        while True:
+            try:
+                cache.set(_engine_key(self.worker_id), self.stats_fn(), TTL)
+            except Exception:  # the cache may be briefly unreachable; try again next time
+                pass
+            if self._stop.wait(HEARTBEAT_SECONDS):
+                break
+
+    def stop(self):
+        self._stop.set()

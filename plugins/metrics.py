@@ -63,8 +63,30 @@ def generation_finished(request, result):
     _update(change)
 
 
+# Per model and worker, from the device workers' engine reports (inference.workers.EngineReporter).
+ENGINE_GAUGES = [
+    ("running", "gauge", "sequences being decoded"),
+    ("waiting", "gauge", "requests waiting for a slot"),
+    ("slots", "gauge", "sequences decoded together at most"),
+    ("batch_fill", "gauge", "share of the last step's token budget used"),
+    ("kv_cells_used", "gauge", "KV cache cells holding tokens"),
+    ("kv_cells", "gauge", "KV cache cells"),
+    ("resident_sequences", "gauge", "finished conversations kept in the KV cache"),
+    ("host_bytes", "gauge", "bytes of sequence state kept in host RAM"),
+    ("prefix_hits", "counter", "requests that reused a resident sequence"),
+    ("prefix_host_hits", "counter", "requests restored from host RAM"),
+    ("prefix_misses", "counter", "requests prefilled from scratch"),
+]
+
+
+def engine_snapshot():
+    from inference.workers import engine_stats
+
+    return engine_stats()
+
+
 def metrics_json(request):
-    return JsonResponse(snapshot())
+    return JsonResponse({**snapshot(), "engines": engine_snapshot()})
 
 
 def metrics_text(request):
@@ -88,7 +110,19 @@ def metrics_text(request):
     if s["recent_median_tokens_per_second"] is not None:
         lines += ["# TYPE smolsite_recent_median_tokens_per_second gauge",
                   f"smolsite_recent_median_tokens_per_second {s['recent_median_tokens_per_second']:.3f}"]
+    engines = engine_snapshot()
+    for key, kind, help_text in ENGINE_GAUGES:
+        name = f"smolsite_engine_{key}" + ("_total" if kind == "counter" else "")
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for worker, models in sorted(engines.items()):
+            for model, stats in sorted(models.items()):
+                if key in stats:
+                    lines.append(f'{name}{{worker="{_label(worker)}",model="{_label(model)}"}} {stats[key]}')
     return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
+
+
+def _label(value):
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
 @hookimpl

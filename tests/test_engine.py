@@ -214,3 +214,25 @@ def test_two_users_share_the_device_fairly_and_see_their_place_in_line(bundled_r
     assert seen[0] == 4 and seen[-1] == 0 and queued["bob"][0] == 1
     after_bob = seen[seen.index(max(seen)):]  # bob's arrival put one more ahead of alice4
     assert after_bob == sorted(after_bob, reverse=True)
+
+
+@pytest.mark.django_db
+def test_metrics_show_the_engines_of_live_workers(loaded_registry, client):
+    from inference.workers import EngineReporter, Heartbeat
+
+    beat = Heartbeat("cpu@test:1", "cpu", loaded_registry.loaded_models).start()
+    reporter = EngineReporter("cpu@test:1", loaded_registry.stats).start()
+    try:
+        for _ in range(100):
+            body = client.get("/metrics").content.decode()
+            if "smolsite_engine_slots" in body and 'worker="cpu@test:1"' in body:
+                break
+            threading.Event().wait(0.05)
+        slots = loaded_registry.backend("smollm2-135m").slots
+        assert f'smolsite_engine_slots{{worker="cpu@test:1",model="smollm2-135m"}} {slots}' in body
+        assert "# TYPE smolsite_engine_prefix_hits_total counter" in body
+        engines = client.get("/metrics.json").json()["engines"]
+        assert engines["cpu@test:1"]["smollm2-135m"]["running"] == 0
+    finally:
+        reporter.stop()
+        beat.stop()

@@ -167,3 +167,35 @@ def test_a_plugin_failing_at_the_start_still_ends_the_message_as_an_error(loaded
     assert reply.finished_at is not None
     events = RecordingPublisher.instances[-1].events
     assert events[-1]["kind"] == "done" and events[-1]["status"] == "error"
+
+
+def test_trimming_a_long_history_renders_a_logarithmic_number_of_times():
+    """A 2,000-turn history that overflows the context is trimmed with ~log2(turns) renders (one per
+    dropped turn used to hold a worker for minutes)."""
+    from inference.backends import GenerationRequest, SamplingParams
+    from inference.service import fit_prompt
+
+    class CountingBackend:
+        context_size = 1000
+        renders = 0
+
+        def render_prompt(self, request):
+            CountingBackend.renders += 1
+            return " ".join(m["content"] for m in request.messages)
+
+        def count_tokens(self, text):
+            return len(text.split())
+
+    turns = []
+    for i in range(1000):
+        turns += [{"role": "user", "content": f"q{i} " + "w " * 8}, {"role": "assistant", "content": "a " * 10}]
+    request = GenerationRequest(id="t", model="m", messages=turns + [{"role": "user", "content": "last"}],
+                                params=SamplingParams(max_tokens=100))
+    prompt, tokens = fit_prompt(CountingBackend(), request)
+    assert CountingBackend.renders <= 14  # 1 + ceil(log2(1000 cuts)) + slack
+    assert tokens + 100 <= 1000 and request.messages[0]["role"] == "user"
+    # The smallest drop that fits: keeping one more turn pair would overflow.
+    kept = len(request.messages)
+    assert request.dropped_turns == len(turns) + 1 - kept
+    longer = turns[len(turns) - (kept - 1) - 2:] + [{"role": "user", "content": "last"}]
+    assert CountingBackend().count_tokens(" ".join(m["content"] for m in longer)) + 100 > 1000
