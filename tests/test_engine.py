@@ -236,3 +236,39 @@ def test_metrics_show_the_engines_of_live_workers(loaded_registry, client):
     finally:
         reporter.stop()
         beat.stop()
+
+
+def test_background_work_yields_its_slot_to_a_person_and_resumes_intact(bundled_registry):
+    backend = bundled_registry(slots=1).backend("m")
+    story = "Tell me a long story about a lighthouse keeper."
+    alone, _, _ = collect(backend, request(story, user="batch-alone", max_tokens=60))
+    events, done = [], {}
+
+    def background():
+        req = request(story, user="batch", max_tokens=60)
+        req.priority = "background"
+        chunks = []
+        done["background"] = collect(backend, req, chunks=chunks)
+        events.append("background-done")
+
+    def person():
+        chunks = []
+        done["person"] = collect(backend, request("Say hi.", user="person", max_tokens=4), chunks=chunks)
+        events.append("person-done")
+
+    bg = threading.Thread(target=background)
+    bg.start()
+    while backend.stats()["running"] == 0 or backend.stats()["steps"] < 5:
+        threading.Event().wait(0.01)
+    fg = threading.Thread(target=person)
+    fg.start()
+    fg.join(timeout=120)
+    bg.join(timeout=240)
+    # The only slot was the background job's: the person was served first, without waiting for it.
+    assert events == ["person-done", "background-done"]
+    text, finish, _ = done["background"]
+    assert finish.reason == "length" and finish.completion_tokens == 60
+    # Paused and resumed with its tokens kept: the greedy answer goes on as uninterrupted (up to
+    # llama.cpp's rounding, which shifts once another sequence's cells sit in the same KV cache).
+    shared = common_prefix(tokens_of(backend, text), tokens_of(backend, alone))
+    assert shared >= 8, (alone, text)

@@ -123,20 +123,46 @@ class BatchEngine:
         for job in list(self.active):
             self._finish(job, "stopped")
         for job in self.scheduler.order():
-            job.out.put(Finish("stopped", len(job.tokens), 0))
+            self._end_waiting(job)
 
     def _drop_cancelled_waiting(self):
         for job in [j for j in self.scheduler.order() if j.cancelled]:
             self.scheduler.remove(job)
+            self._end_waiting(job)
+
+    def _end_waiting(self, job):
+        if job.slot is not None:  # paused mid-answer: keep what it produced
+            self._finish(job, "stopped")
+        else:
             job.out.put(Finish("stopped", len(job.tokens), 0))
 
-    def _admit(self):
+    def _preempt_background(self):
+        """Interactive requests wait while background ones fill every slot: pause the newest
+        background sequence (its tokens stay in the KV cache) and put it back in line."""
         changed = False
+        while len(self.active) >= self.slots_max and self.scheduler.eligible("interactive"):
+            paused = [j for j in self.active if j.priority == "background"]
+            if not paused or not any(not s.busy for s in self.table.slots):
+                break
+            job = max(paused, key=lambda j: j.id)
+            self.active.remove(job)
+            self.scheduler.finished(job.user)
+            self.scheduler.add_front(job, job.user, job.priority)
+            job.position = None
+            changed = True
+        return changed
+
+    def _admit(self):
+        changed = self._preempt_background()
         while len(self.active) < self.slots_max:
             picked = self.scheduler.pop()
             if picked is None:
                 break
             job, _ = picked
+            if job.slot is not None:  # a paused sequence resumes where it stopped
+                self.active.append(job)
+                changed = True
+                continue
             try:
                 job.sampler = Sampler(self.vocab, job.params, job.grammar)
             except ValueError as exc:

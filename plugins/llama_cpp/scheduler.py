@@ -22,6 +22,16 @@ class Scheduler:
         users = self.waiting[priority if priority in self.waiting else "interactive"]
         users.setdefault(user, collections.deque()).append((item, user))
 
+    def add_front(self, item, user, priority):
+        """Put a paused item back at the head of its user's line (it keeps its place)."""
+        users = self.waiting[priority]
+        users.setdefault(user, collections.deque()).appendleft((item, user))
+        users.move_to_end(user, last=False)
+
+    def eligible(self, priority):
+        """Whether someone under their per-user cap waits in this priority class."""
+        return any(self.running[user] < self.per_user for user in self.waiting[priority])
+
     def remove(self, item):
         """Drop a waiting item (cancelled before admission); True when it was waiting."""
         for users in self.waiting.values():
