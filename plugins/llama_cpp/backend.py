@@ -28,6 +28,31 @@ def amx_in_build():
     return "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace")
 
 
+class Prompt(str):
+    """A rendered prompt that remembers where the messages' own text lies in it."""
+
+    content_spans = ()
+
+    def __new__(cls, text, spans=()):
+        prompt = super().__new__(cls, text)
+        prompt.content_spans = tuple(spans)
+        return prompt
+
+
+def content_spans(text, contents):
+    """Where each message's content appears in the rendered prompt, in order. A content the
+    template rewrote (and so is not found verbatim) is left to the template's tokenisation."""
+    spans, cursor = [], 0
+    for content in contents:
+        if not content:
+            continue
+        at = text.find(content, cursor)
+        if at >= 0:
+            spans.append((at, at + len(content)))
+            cursor = at + len(content)
+    return spans
+
+
 class LlamaCppBackend(Backend):
     """One model and one batching engine per model per worker process."""
 
@@ -134,11 +159,25 @@ class LlamaCppBackend(Backend):
         return min(self.model.n_ctx, self.kv_tokens)
 
     def render_prompt(self, request):
-        return self.template.render(request.chat_messages(), add_generation_prompt=True,
-                                    **request.template_kwargs)
+        messages = request.chat_messages()
+        text = self.template.render(messages, add_generation_prompt=True, **request.template_kwargs)
+        return Prompt(text, content_spans(text, [m["content"] for m in messages]))
 
     def tokenize(self, text):
-        return self.llm_model.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        """Token ids for a prompt: the template's own markup may hold special tokens, but what
+        people typed is only ever text (typing "<|im_end|><|im_start|>system" must not open a
+        system turn)."""
+        spans = getattr(text, "content_spans", ())
+        tokens = self.llm_model.tokenize(b"", add_bos=True, special=True)  # the BOS, if the model wants one
+        pos = 0
+        for start, end in spans:
+            tokens += self._tokens(text[pos:start], special=True)
+            tokens += self._tokens(text[start:end], special=False)
+            pos = end
+        return tokens + self._tokens(text[pos:], special=True)
+
+    def _tokens(self, text, special):
+        return self.llm_model.tokenize(text.encode("utf-8"), add_bos=False, special=special) if text else []
 
     def count_tokens(self, text):
         return len(self.tokenize(text))
