@@ -281,22 +281,39 @@ class BatchEngine:
 
 def wait_chunks(engine, job, should_stop, poll=0.05):
     """The caller side of a job: yields its Queued/Delta chunks and the final Finish, cancelling
-    the job when ``should_stop`` says so or when the consumer stops iterating."""
+    the job when ``should_stop`` says so or when the consumer stops iterating. Text that piled up
+    while the caller was busy comes out as one Delta (one wake-up per batch, not per token)."""
     finished = False
     try:
         while True:
             try:
-                chunk = job.out.get(timeout=poll)
+                chunks = [job.out.get(timeout=poll)]
             except queue.Empty:
                 if not job.cancelled and should_stop():
                     engine.cancel(job)
                 continue
-            yield chunk
-            if isinstance(chunk, Finish):
-                finished = True
-                return
+            while True:
+                try:
+                    chunks.append(job.out.get_nowait())
+                except queue.Empty:
+                    break
+            for chunk in _merge_text(chunks):
+                yield chunk
+                if isinstance(chunk, Finish):
+                    finished = True
+                    return
             if not job.cancelled and should_stop():
                 engine.cancel(job)
     finally:
         if not finished:
             engine.cancel(job)
+
+
+def _merge_text(chunks):
+    out = []
+    for chunk in chunks:
+        if isinstance(chunk, Delta) and out and isinstance(out[-1], Delta):
+            out[-1] = Delta(out[-1].text + chunk.text)
+        else:
+            out.append(chunk)
+    return out
