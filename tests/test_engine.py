@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from inference.backends import Delta, Finish, GenerationRequest, Queued, SamplingParams
+from plugins.llama_cpp.kv import common_prefix
 
 pytestmark = pytest.mark.model
 
@@ -72,15 +73,6 @@ def test_batched_greedy_output_matches_alone_and_never_mixes_sequences(bundled_r
         assert all(shared[i] > n for j, n in enumerate(shared) if j != i and alone[j] != alone[i]), (
             f"{PROMPTS[i]!r} looks like another prompt's answer: {text!r}")
     print("tokens identical to the solo run, per prompt:", firsts)
-
-
-def common_prefix(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def test_admission_and_retirement_under_churn(bundled_registry):
