@@ -69,6 +69,8 @@ class LlamaCppBackend(Backend):
         self.kv_tokens = max(model.n_ctx, _setting(model, "kv_tokens", "SMOLSITE_KV_TOKENS", 16384))
         self.per_user = _setting(model, "user_concurrency", "SMOLSITE_USER_CONCURRENCY", 4)
         self.state_cache_mb = _setting(model, "state_cache_mb", "SMOLSITE_STATE_CACHE_MB", 512)
+        # llama.cpp's "auto" turns flash attention on where the device supports it.
+        self.flash_attn = str(model.options.get("flash_attn", os.environ.get("SMOLSITE_FLASH_ATTN", "auto"))).lower()
 
     def load(self):
         try:
@@ -113,6 +115,10 @@ class LlamaCppBackend(Backend):
         p.n_seq_max = self.slots * 2  # half running, half keeping finished conversations resident
         p.kv_unified = True
         p.n_threads = p.n_threads_batch = self.model.threads
+        p.flash_attn_type = {"on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED, "1": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                             "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+                             "0": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}.get(self.flash_attn,
+                                                                                 llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO)
         p.no_perf = True
         return p
 
