@@ -6,6 +6,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from inference.models import UnknownModel, get_model
+from usage.quotas import QuotaExceeded, reserve
 
 from .models import Conversation, Message
 
@@ -47,9 +48,16 @@ def _lock(conversation_id):
 
 
 def _reply(conv, parent):
+    # Quotas and rate limits, checked in the transaction that creates the reply (it rolls back
+    # the user's message too when refused).
+    try:
+        reserve(conv.owner_id, conv.max_tokens, count=1)
+    except QuotaExceeded as exc:
+        raise ActionError(str(exc)) from None
     now = timezone.now()
     reply = Message.objects.create(conversation=conv, parent=parent, role=Message.Role.ASSISTANT,
-                                   status=Message.Status.PENDING, model_name=conv.model, created_at=now)
+                                   status=Message.Status.PENDING, model_name=conv.model, created_at=now,
+                                   reserved_tokens=conv.max_tokens)
     conv.current_leaf = reply
     conv.updated_at = now
     conv.save(update_fields=["current_leaf", "updated_at"])

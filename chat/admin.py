@@ -21,12 +21,12 @@ class MessageInline(admin.TabularInline):
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ["title", "owner", "model", "message_count", "updated_at"]
-    list_filter = ["model", "updated_at", ("owner", admin.RelatedOnlyFieldListFilter)]
+    list_display = ["title", "owner", "model", "source", "api_key", "message_count", "updated_at"]
+    list_filter = ["source", "model", "updated_at", ("owner", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["title", "owner__username", "messages__content"]
     list_select_related = ["owner"]
     date_hierarchy = "updated_at"
-    raw_id_fields = ["owner", "current_leaf"]
+    raw_id_fields = ["owner", "current_leaf", "api_key"]
     readonly_fields = ["created_at", "updated_at"]
     inlines = [MessageInline]
 

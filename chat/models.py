@@ -13,6 +13,11 @@ class Conversation(models.Model):
     top_p = models.FloatField(default=0.95)
     max_tokens = models.PositiveIntegerField(default=1024)
     thinking = models.BooleanField(default=True)
+    # What made it: the chat page, the OpenAI-compatible API (with the key's name) or a batch job.
+    source = models.CharField(max_length=8, default="chat",
+                              choices=[("chat", "chat"), ("api", "API"), ("batch", "batch")])
+    api_key = models.ForeignKey("api.ApiKey", null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="conversations")
     # The message at the tip of the branch being shown; older branches stay reachable.
     current_leaf = models.ForeignKey("Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
@@ -85,6 +90,12 @@ class Message(models.Model):
     worker_id = models.CharField(max_length=200, blank=True, default="")
     # The last streamed event folded into ``content``/``reasoning``: resuming clients replay after it.
     stream_seq = models.PositiveIntegerField(default=0)
+    # Per-request generation options the conversation does not hold (API requests): seed, stop,
+    # grammar, max_tokens, raw (no chat template), messages (the exact turns), source.
+    options = models.JSONField(default=dict, blank=True)
+    # Tokens this generation may still use (its max tokens), counted against the owner's token
+    # quotas while it is pending or streaming.
+    reserved_tokens = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -28,7 +28,8 @@ def search(user, query=""):
     if query:
         conversations = conversations.filter(
             Q(title__icontains=query) | Q(messages__content__icontains=query)).distinct()
-    entries = [{"conversation": c, "snippet": ""} for c in conversations.order_by("-updated_at")[:MAX_RESULTS]]
+    entries = [{"conversation": c, "snippet": ""}
+               for c in conversations.select_related("api_key").order_by("-updated_at")[:MAX_RESULTS]]
     if query:
         # Show where a chat matched when its title does not say.
         for entry in entries:

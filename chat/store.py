@@ -4,6 +4,7 @@ from django.utils import timezone
 
 from inference.backends import GenerationRequest, SamplingParams
 from inference.service import JobStore
+from usage import ledger
 
 from .models import Conversation, Message
 
@@ -28,16 +29,26 @@ class MessageStore(JobStore):
             return None
         message = Message.objects.select_related("conversation").get(pk=job_id)
         conv = message.conversation
+        # Per-request options (API requests): they override the conversation's settings.
+        opts = message.options or {}
+        messages = opts["messages"] if isinstance(opts.get("messages"), list) else history_for(message)
         return GenerationRequest(
             id=str(message.pk),
             model=message.model_name or conv.model,
-            messages=history_for(message),
-            system_prompt=conv.system_prompt,
-            params=SamplingParams(temperature=conv.temperature, top_p=conv.top_p, max_tokens=conv.max_tokens),
+            messages=messages,
+            system_prompt=opts.get("system_prompt", conv.system_prompt),
+            params=SamplingParams(temperature=opts.get("temperature", conv.temperature),
+                                  top_p=opts.get("top_p", conv.top_p),
+                                  max_tokens=opts.get("max_tokens", conv.max_tokens),
+                                  seed=opts.get("seed"), stop=list(opts.get("stop") or [])),
             thinking=conv.thinking,
             group=conv.group_name,
             session_key=f"conversation-{conv.pk}",
             user_key=f"user-{conv.owner_id}",
+            priority=opts.get("priority", "interactive"),
+            grammar=opts.get("grammar", ""),
+            raw_prompt=messages[-1]["content"] if opts.get("raw") and messages else None,
+            truncate_history=opts.get("truncate", True),
         )
 
     def save_progress(self, job_id, text, reasoning, seq):
@@ -66,3 +77,6 @@ class MessageStore(JobStore):
                 finished_at=now,
             )
             Conversation.objects.filter(messages__pk=job_id).update(updated_at=now)
+            # The usage ledger: once per generation, in the transaction that ends it (so its
+            # reserved tokens and its used tokens are never both, or neither, counted).
+            ledger.record(job_id, result, now=now)

@@ -40,6 +40,11 @@ class GenerationRequest:
     # A GBNF grammar the answer must follow (structured output); "" for free text. A backend that
     # cannot enforce it must fail the request, never answer unconstrained.
     grammar: str = ""
+    # A prompt used exactly as given, without the chat template (the API's /v1/completions).
+    raw_prompt: Optional[str] = None
+    # False: a history longer than the context is an error (PromptTooLong) instead of losing its
+    # oldest turns (API clients send the whole history and expect it all to be read).
+    truncate_history: bool = True
 
     def chat_messages(self):
         """Messages in the shape chat templates expect, system prompt first."""

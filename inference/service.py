@@ -68,6 +68,13 @@ def get_store():
     return import_string(getattr(settings, "SMOLSITE_JOB_STORE", "chat.store.MessageStore"))()
 
 
+def render_prompt(backend, request):
+    """The prompt text: the raw prompt when the request has one, else the model's chat template."""
+    if request.raw_prompt is not None:
+        return request.raw_prompt
+    return backend.render_prompt(request)
+
+
 def fit_prompt(backend, request):
     """Render the prompt, leaving out the oldest turns when the history is longer than the
     context can hold next to the answer; the count left out is kept on the request.
@@ -81,10 +88,12 @@ def fit_prompt(backend, request):
 
     def attempt(drop):
         request.messages = messages[drop:]
-        prompt = backend.render_prompt(request)
+        prompt = render_prompt(backend, request)
         return prompt, backend.count_tokens(prompt)
 
     prompt, tokens = attempt(0)
+    if tokens + reserve > n_ctx and (not request.truncate_history or request.raw_prompt is not None):
+        raise PromptTooLong(tokens, n_ctx - reserve)
     if tokens + reserve > n_ctx:
         # A kept history starts with a user turn; the last message always stays.
         cuts = [i for i in range(1, len(messages)) if messages[i]["role"] == "user"]

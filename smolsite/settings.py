@@ -52,6 +52,8 @@ INSTALLED_APPS = [
     "channels",
     "inference",
     "chat",
+    "api",
+    "usage",
 ]
 
 MIDDLEWARE = [
@@ -218,3 +220,8 @@ SMOLSITE_MAX_MESSAGE_CHARS = int(os.environ.get("SMOLSITE_MAX_MESSAGE_CHARS", "3
 SMOLSITE_STALE_SECONDS = int(os.environ.get("SMOLSITE_STALE_SECONDS", "600"))
 # A queued message whose model no live worker holds fails after this long (instead of waiting forever).
 SMOLSITE_QUEUE_SECONDS = int(os.environ.get("SMOLSITE_QUEUE_SECONDS", "120"))
+
+# The OpenAI-compatible API (docs/api.md): max_tokens when a request gives none, the largest n
+# (choices per request; the batching engine serves them together).
+SMOLSITE_API_DEFAULT_MAX_TOKENS = int(os.environ.get("SMOLSITE_API_DEFAULT_MAX_TOKENS", "1024"))
+SMOLSITE_API_MAX_N = int(os.environ.get("SMOLSITE_API_MAX_N", "4"))

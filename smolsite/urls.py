@@ -8,9 +8,17 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("", include("api.urls")),
+    path("", include("api.account_urls")),
     path("", include("chat.account_urls")),
     path("", include("chat.urls")),
 ]
 # Plugins mount their own pages (e.g. the metrics plugin's /metrics).
 for routes in get_plugin_manager().hook.register_routes():
     urlpatterns[:0] = routes or []
+
+# JSON errors under /v1/ (the API never answers with an HTML page), Django's pages elsewhere.
+handler400 = "api.errors.handler400"
+handler403 = "api.errors.handler403"
+handler404 = "api.errors.handler404"
+handler500 = "api.errors.handler500"

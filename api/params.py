@@ -1,0 +1,280 @@
+"""Reading and checking request bodies: every wrong field is a 400 naming the parameter."""
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from django.conf import settings
+
+from inference.models import UnknownModel, get_model
+
+from . import schema as schemas
+from .errors import ApiError, invalid
+
+ROLES = {"system", "developer", "user", "assistant"}
+EFFORTS = {"none", "minimal", "low", "medium", "high"}
+MAX_STOP = 4
+
+
+@dataclass
+class Plan:
+    """What one API request asks for, checked."""
+
+    model: str
+    kind: str  # "chat" or "completion"
+    system_prompt: str = ""
+    turns: list = field(default_factory=list)  # [{"role", "content", "reasoning"}] (chat)
+    exact_messages: Optional[list] = None  # set when the turns alone cannot say it (see store.claim)
+    prompts: list = field(default_factory=list)  # completion prompts
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 1024
+    stop: list = field(default_factory=list)
+    seed: Optional[int] = None
+    n: int = 1
+    stream: bool = False
+    include_usage: bool = False
+    user: str = ""
+    thinking: bool = True
+    grammar: str = ""
+    schema: Optional[dict] = None  # to validate answers against (json_schema)
+    json_mode: bool = False  # json_object
+    echo: bool = False
+
+    @property
+    def choices(self):
+        return self.n * (len(self.prompts) if self.kind == "completion" else 1)
+
+
+def parse_body(request):
+    try:
+        body = request.body
+    except Exception:  # RequestDataTooBig and friends
+        raise ApiError(413, "The request body is too large.", code="request_too_large") from None
+    if not body:
+        raise invalid("The request body is empty: send a JSON object.")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid(f"We could not parse the JSON body of your request ({exc}).") from None
+    if not isinstance(data, dict):
+        raise invalid("The request body must be a JSON object.")
+    return data
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(data, name, default, low, high):
+    value = data.get(name)
+    if value is None:
+        return default
+    if not _is_number(value) or not low <= value <= high:
+        raise invalid(f"'{name}' must be a number from {low} to {high}, not {json.dumps(value)[:40]}.", name)
+    return float(value)
+
+
+def _model(data):
+    name = data.get("model")
+    if not isinstance(name, str) or not name:
+        raise invalid("'model' is required: one of the names GET /v1/models lists.", "model")
+    try:
+        return get_model(name).name
+    except UnknownModel:
+        raise ApiError(404, f"The model '{name[:100]}' does not exist on this server (GET /v1/models lists them).",
+                       "invalid_request_error", "model", "model_not_found") from None
+
+
+def _content(value, index):
+    param = f"messages[{index}].content"
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = []
+        for j, part in enumerate(value):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise invalid(f"'{param}[{j}]' must be an object with a 'type'.", param)
+            if part["type"] not in ("text", "input_text"):
+                raise invalid(f"'{param}[{j}]' has type '{part['type'][:40]}': only text parts are supported "
+                              "(these models read text only).", param)
+            if not isinstance(part.get("text"), str):
+                raise invalid(f"'{param}[{j}].text' must be a string.", param)
+            parts.append(part["text"])
+        return "\n".join(parts)
+    raise invalid(f"'{param}' must be a string or a list of text parts.", param)
+
+
+def _unsupported(data):
+    checks = [
+        ("tools", lambda v: v not in (None, [])),
+        ("functions", lambda v: v not in (None, [])),
+        ("tool_choice", lambda v: v not in (None, "none", "auto")),
+        ("logprobs", lambda v: v not in (None, False, 0)),
+        ("top_logprobs", lambda v: v not in (None, 0)),
+        ("logit_bias", lambda v: v not in (None, {})),
+        ("frequency_penalty", lambda v: v not in (None, 0, 0.0)),
+        ("presence_penalty", lambda v: v not in (None, 0, 0.0)),
+        ("audio", lambda v: v is not None),
+        ("prediction", lambda v: v is not None),
+        ("suffix", lambda v: v not in (None, "")),
+        ("best_of", lambda v: v not in (None, 1)),
+        ("modalities", lambda v: v not in (None, ["text"])),
+    ]
+    for name, bad in checks:
+        if name in data and bad(data[name]):
+            raise invalid(f"'{name}' is not supported by this server.", name, "unsupported_parameter")
+
+
+def _common(data, plan):
+    plan.temperature = _number(data, "temperature", 0.7, 0.0, 2.0)
+    plan.top_p = _number(data, "top_p", 0.95, 0.0, 1.0)
+    limit = None
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = data.get(name)
+        if value is None:
+            continue
+        if not _is_int(value) or value < 1:
+            raise invalid(f"'{name}' must be a positive integer, not {json.dumps(value)[:40]}.", name)
+        limit = value
+    plan.max_tokens = min(limit or settings.SMOLSITE_API_DEFAULT_MAX_TOKENS, 10_000_000)
+    stop = data.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or len(stop) > MAX_STOP or any(not isinstance(s, str) for s in stop):
+        raise invalid(f"'stop' must be a string or a list of up to {MAX_STOP} strings.", "stop")
+    plan.stop = [s for s in stop if s]
+    seed = data.get("seed")
+    if seed is not None and (not _is_int(seed) or abs(seed) >= 2 ** 63):
+        raise invalid("'seed' must be an integer.", "seed")
+    plan.seed = seed
+    n = data.get("n", 1)
+    n = 1 if n is None else n
+    cap = settings.SMOLSITE_API_MAX_N
+    if not _is_int(n) or not 1 <= n <= cap:
+        raise invalid(f"'n' must be an integer from 1 to {cap} on this server.", "n")
+    plan.n = n
+    stream = data.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise invalid("'stream' must be true or false.", "stream")
+    plan.stream = bool(stream)
+    options = data.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+            raise invalid("'stream_options' must be an object like {\"include_usage\": true}.", "stream_options")
+        plan.include_usage = bool(options.get("include_usage"))
+    user = data.get("user")
+    if user is not None and (not isinstance(user, str) or len(user) > 256):
+        raise invalid("'user' must be a string of at most 256 characters.", "user")
+    plan.user = user or ""
+    _unsupported(data)
+
+
+def _response_format(data, plan):
+    fmt = data.get("response_format")
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+        raise invalid("'response_format' must be an object with a 'type'.", "response_format")
+    kind = fmt["type"]
+    if kind == "text":
+        return
+    if kind == "json_object":
+        plan.grammar, plan.json_mode = schemas.json_object_grammar(), True
+        return
+    if kind != "json_schema":
+        raise invalid(f"'response_format.type' must be text, json_object or json_schema, not '{kind[:40]}'.",
+                      "response_format")
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise invalid("'response_format.json_schema' must be an object with a 'name' and a 'schema'.",
+                      "response_format")
+    schema = spec.get("schema") or {}
+    try:
+        plan.grammar = schemas.grammar_for_schema(schema)
+    except schemas.SchemaError as exc:
+        raise invalid(f"This JSON schema cannot be enforced: {exc}", "response_format",
+                      "unsupported_schema") from None
+    plan.schema = schema
+
+
+def parse_chat(data):
+    model = _model(data)
+    plan = Plan(model=model, kind="chat")
+    messages = data.get("messages")
+    if messages is None:
+        raise invalid("'messages' is required: a list of {\"role\", \"content\"} objects.", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("'messages' must be a non-empty list.", "messages")
+    turns, exact = [], False
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise invalid(f"'messages[{i}]' must be an object.", f"messages[{i}]")
+        role = m.get("role")
+        if role not in ROLES:
+            raise invalid(f"'messages[{i}].role' must be one of system, developer, user or assistant, not "
+                          f"{json.dumps(role)[:40]}.", f"messages[{i}].role")
+        if m.get("tool_calls") or m.get("function_call"):
+            raise invalid(f"'messages[{i}]' has tool calls, which this server does not support.",
+                          f"messages[{i}].tool_calls")
+        content = _content(m.get("content"), i)
+        reasoning = m.get("reasoning_content")
+        if reasoning is not None and not isinstance(reasoning, str):
+            raise invalid(f"'messages[{i}].reasoning_content' must be a string.", f"messages[{i}].reasoning_content")
+        role = "system" if role == "developer" else role
+        if role == "system" and not turns:  # the leading system message(s): the system prompt
+            plan.system_prompt = f"{plan.system_prompt}\n\n{content}" if plan.system_prompt else content
+            continue
+        if role == "system" or (role == "assistant" and not content):
+            exact = True  # rows cannot carry these (see chat.store.history_for)
+        turns.append({"role": role, "content": content, "reasoning": reasoning or ""})
+    if not turns:
+        raise invalid("'messages' has only system messages: add a user message.", "messages")
+    plan.turns = turns
+    plan.exact_messages = turns if exact else None
+    _common(data, plan)
+    _response_format(data, plan)
+    effort = data.get("reasoning_effort")
+    if effort is not None and effort not in EFFORTS:
+        raise invalid(f"'reasoning_effort' must be one of {', '.join(sorted(EFFORTS))}.", "reasoning_effort")
+    kwargs = data.get("chat_template_kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise invalid("'chat_template_kwargs' must be an object.", "chat_template_kwargs")
+    enable = (kwargs or {}).get("enable_thinking")
+    if enable is not None and not isinstance(enable, bool):
+        raise invalid("'chat_template_kwargs.enable_thinking' must be true or false.", "chat_template_kwargs")
+    # Thinking is on unless switched off; a grammar constrains the answer from its first token,
+    # so reasoning (which would not follow it) is off with one.
+    plan.thinking = not (effort == "none" or enable is False or plan.grammar)
+    return plan
+
+
+def parse_completion(data):
+    model = _model(data)
+    plan = Plan(model=model, kind="completion", thinking=False)
+    prompt = data.get("prompt")
+    if prompt is None:
+        raise invalid("'prompt' is required: a string or a list of strings.", "prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or any(not isinstance(p, str) for p in prompts):
+        raise invalid("'prompt' must be a string or a non-empty list of strings (token ids are not supported).",
+                      "prompt")
+    plan.prompts = prompts
+    echo = data.get("echo", False)
+    if echo not in (None, True, False):
+        raise invalid("'echo' must be true or false.", "echo")
+    plan.echo = bool(echo)
+    _common(data, plan)
+    _response_format(data, plan)
+    if plan.choices > settings.SMOLSITE_API_MAX_N:
+        raise invalid(f"{len(prompts)} prompts × n={plan.n} is more than the {settings.SMOLSITE_API_MAX_N} "
+                      "completions one request may ask for on this server.", "n")
+    return plan

@@ -1,0 +1,241 @@
+"""An API request's generations: the rows (made like the chat page's, in the transaction that
+checks the quotas), the device queue and the conversation's event stream.
+
+The request subscribes to the conversation's channel-layer group before anything is enqueued,
+so no event can be published before it listens. Events are numbered per message; a gap (a lost
+batch) or a silence is filled from the database, which the worker writes at least once a second,
+as the chat page's consumer does.
+"""
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from chat import actions
+from chat.models import Conversation, Message
+from inference import dispatch
+from inference.publish import remember_server_loop
+from usage.quotas import reserve
+
+logger = logging.getLogger(__name__)
+
+SILENCE_SECONDS = 2.0  # with no event this long, look at the rows
+
+
+def create_rows(plan, key):
+    """The conversation, its input turns and one pending answer per choice; returns
+    (conversation id, [answer ids in choice order]). Raises usage.quotas.QuotaExceeded."""
+    with transaction.atomic():
+        reserve(key.user_id, plan.max_tokens * plan.choices, count=plan.choices)
+        if plan.kind == "chat":
+            groups = [plan.turns]
+            title_text = next((t["content"] for t in reversed(plan.turns) if t["role"] == "user"), "") or "API request"
+        else:
+            groups = [[{"role": "user", "content": p, "reasoning": ""}] for p in plan.prompts]
+            title_text = plan.prompts[0] or "API completion"
+        conv = Conversation.objects.create(
+            owner_id=key.user_id, api_key=key, source="api", model=plan.model,
+            title=actions.title_from(title_text) or "API request", system_prompt=plan.system_prompt,
+            temperature=plan.temperature, top_p=plan.top_p, max_tokens=plan.max_tokens, thinking=plan.thinking)
+        replies = []
+        for turns in groups:
+            parent = None
+            for turn in turns:
+                parent = Message.objects.create(conversation=conv, parent=parent, role=turn["role"],
+                                                content=turn["content"], reasoning=turn.get("reasoning", ""),
+                                                status=Message.Status.DONE)
+            for i in range(plan.n):
+                options = {"source": "api", "max_tokens": plan.max_tokens, "truncate": False}
+                if plan.seed is not None:
+                    options["seed"] = plan.seed + i  # the n choices of one seed differ from each other
+                if plan.stop:
+                    options["stop"] = plan.stop
+                if plan.grammar:
+                    options["grammar"] = plan.grammar
+                if plan.kind == "completion":
+                    options["raw"] = True
+                elif plan.exact_messages is not None:
+                    options["messages"] = plan.exact_messages
+                if plan.user:
+                    options["user"] = plan.user
+                replies.append(Message.objects.create(
+                    conversation=conv, parent=parent, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
+                    model_name=plan.model, reserved_tokens=plan.max_tokens, options=options))
+        conv.current_leaf = replies[0]
+        conv.save(update_fields=["current_leaf"])
+        return conv.pk, [r.pk for r in replies]
+
+
+@dataclass
+class Choice:
+    """What one answer has streamed so far."""
+
+    index: int
+    message_id: int
+    seq: int = 0
+    text: str = ""
+    reasoning: str = ""
+    done: bool = False
+    row: dict = field(default_factory=dict)  # the finished row
+
+
+ROW_FIELDS = ("status", "content", "reasoning", "error", "finish_reason", "prompt_tokens", "completion_tokens",
+              "cached_tokens", "stream_seq")
+
+
+def _rows(ids):
+    return {r["id"]: r for r in Message.objects.filter(pk__in=ids).values("id", *ROW_FIELDS)}
+
+
+class Run:
+    """Subscribe, enqueue, then iterate ``updates()``: ("text"|"reasoning", choice, piece) and
+    ("done", choice, None) items, ending when every choice is done."""
+
+    def __init__(self, conversation_id, message_ids, model):
+        self.conversation_id = conversation_id
+        self.choices = [Choice(i, mid) for i, mid in enumerate(message_ids)]
+        self.by_id = {c.message_id: c for c in self.choices}
+        self.model = model
+        self.layer = get_channel_layer()
+        self.group = f"conv.{conversation_id}"
+        self.channel = None
+        self._queue = []
+        self.created = int(time.time())
+
+    async def start(self):
+        loop = asyncio.get_running_loop()
+        remember_server_loop(loop)
+        self.channel = await self.layer.new_channel("api.")
+        await self.layer.group_add(self.group, self.channel)  # before the first job can publish
+        for choice in self.choices:
+            try:
+                pinned = await sync_to_async(dispatch.enqueue, thread_sensitive=False)(
+                    str(choice.message_id), self.model, loop)
+                if pinned:
+                    await database_sync_to_async(actions.mark_routed)(choice.message_id, pinned)
+            except Exception as exc:
+                logger.exception("could not enqueue message %s", choice.message_id)
+                await database_sync_to_async(actions.fail_pending)(
+                    choice.message_id, f"Could not queue the answer: {str(exc) or type(exc).__name__}")
+
+    @property
+    def finished(self):
+        return all(c.done for c in self.choices)
+
+    async def updates(self):
+        while True:
+            while self._queue:
+                yield self._queue.pop(0)
+            if self.finished:
+                return
+            try:
+                message = await asyncio.wait_for(self.layer.receive(self.channel), SILENCE_SECONDS)
+            except asyncio.TimeoutError:
+                await self._check_rows()
+                continue
+            if message.get("type") == "gen.events":
+                await self._on_events(int(message["message"]), message["events"])
+
+    async def _on_events(self, message_id, events):
+        choice = self.by_id.get(message_id)
+        if choice is None or choice.done:
+            return
+        fresh = [e for e in events if e["seq"] > choice.seq]
+        if not fresh:
+            if any(e["kind"] == "done" for e in events):  # the reaper numbers from the saved text
+                await self._finish(choice)
+            return
+        if fresh[0]["seq"] != choice.seq + 1 and fresh[0]["kind"] != "done":
+            await self._resync(choice, fresh[0]["seq"])
+            fresh = [e for e in fresh if e["seq"] > choice.seq]
+            if choice.done:
+                return
+        for event in fresh:
+            choice.seq = event["seq"]
+            if event["kind"] in ("text", "reasoning") and event.get("text"):
+                self._emit(choice, event["kind"], event["text"])
+            elif event["kind"] == "done":
+                await self._finish(choice)
+                return
+
+    def _emit(self, choice, kind, piece):
+        if kind == "text":
+            choice.text += piece
+        else:
+            choice.reasoning += piece
+        self._queue.append((kind, choice, piece))
+
+    async def _resync(self, choice, first_seq):
+        """Events before ``first_seq`` were lost: take the text the worker saved (it saves at
+        least once a second), then go on from its seq."""
+        for _ in range(25):
+            row = (await database_sync_to_async(_rows)([choice.message_id])).get(choice.message_id)
+            if row is None:
+                break
+            if row["status"] not in Message.ACTIVE:
+                return await self._finish(choice, row)
+            if row["stream_seq"] >= first_seq - 1:
+                self._catch_up(choice, row)
+                choice.seq = row["stream_seq"]
+                return
+            await asyncio.sleep(0.2)
+
+    def _catch_up(self, choice, row):
+        for kind, have, saved in (("reasoning", choice.reasoning, row["reasoning"]),
+                                  ("text", choice.text, row["content"])):
+            if len(saved) > len(have) and saved.startswith(have):
+                self._emit(choice, kind, saved[len(have):])
+
+    async def _check_rows(self):
+        pending = [c for c in self.choices if not c.done]
+        rows = await database_sync_to_async(_rows)([c.message_id for c in pending])
+        for choice in pending:
+            row = rows.get(choice.message_id)
+            if row is None or row["status"] not in Message.ACTIVE:
+                await self._finish(choice, row)
+
+    async def _finish(self, choice, row=None):
+        if choice.done:
+            return
+        if row is None:
+            row = (await database_sync_to_async(_rows)([choice.message_id])).get(choice.message_id)
+        if row is None:
+            row = {"status": Message.Status.ERROR, "error": "The answer was deleted.", "content": choice.text,
+                   "reasoning": choice.reasoning, "finish_reason": "", "prompt_tokens": 0, "completion_tokens": 0,
+                   "cached_tokens": 0, "stream_seq": choice.seq}
+        self._catch_up(choice, row)
+        choice.row, choice.done = row, True
+        self._queue.append(("done", choice, None))
+
+    async def close(self):
+        """Unsubscribe; answers still generating are stopped (nobody will read them: the client
+        went away or the request failed)."""
+        try:
+            if self.channel is not None:
+                await self.layer.group_discard(self.group, self.channel)
+        finally:
+            unfinished = [c.message_id for c in self.choices if not c.done]
+            if unfinished:
+                await stop_messages(unfinished)
+
+
+async def stop_messages(message_ids):
+    for message_id in message_ids:
+        try:
+            await sync_to_async(dispatch.stop, thread_sensitive=False)(str(message_id))
+            if await database_sync_to_async(actions.cancel_pending)(message_id):
+                await get_channel_layer().group_send(f"conv.{await _conversation_of(message_id)}", {
+                    "type": "gen.events", "message": message_id,
+                    "events": [{"seq": 1, "kind": "done", "status": "stopped", "error": "", "stats": {}}]})
+        except Exception:
+            logger.exception("could not stop message %s", message_id)
+
+
+@database_sync_to_async
+def _conversation_of(message_id):
+    return Message.objects.filter(pk=message_id).values_list("conversation_id", flat=True).first()

@@ -1,0 +1,327 @@
+"""The OpenAI-compatible endpoints: /v1/models, /v1/chat/completions and /v1/completions.
+
+A request becomes a conversation (source "api", with its key) whose answers are ordinary
+Message rows on the same device queues, engine, plugins and fairness as the chat page's.
+"""
+import functools
+import json
+import logging
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from inference.models import all_models, get_model, model_features
+from inference.workers import alive_workers
+from usage.quotas import QuotaExceeded
+
+from . import params
+from .auth import authenticate
+from .errors import ApiError, error_response, method_not_allowed, not_found
+from .runner import Run, create_rows
+from .schema import validation_error
+
+logger = logging.getLogger(__name__)
+FINISH = {"stop": "stop", "length": "length", "stopped": "stop"}
+
+
+def api_view(*methods):
+    """JSON errors for everything: bad method, ApiError, database trouble, any crash."""
+
+    def wrap(view):
+        @csrf_exempt
+        @functools.wraps(view)
+        async def inner(request, *args, **kwargs):
+            if request.method not in methods:
+                return method_not_allowed(request, methods)
+            try:
+                return await view(request, *args, **kwargs)
+            except ApiError as exc:
+                return exc.response()
+            except DatabaseError:
+                logger.exception("database error in %s", request.path)
+                return error_response(503, "The database is busy: try again in a moment.", "server_error",
+                                      code="database_unavailable", retry_after=1)
+            except Exception:
+                logger.exception("API request to %s failed", request.path)
+                return error_response(500, "The server failed while handling this request.", "server_error")
+
+        return inner
+
+    return wrap
+
+
+@sync_to_async
+def _authenticate(request):
+    return authenticate(request)
+
+
+def _model_entry(model):
+    try:
+        features = model_features(model)
+    except Exception:
+        features = []
+    return {"id": model.name, "object": "model", "created": 0, "owned_by": "smolsite",
+            "smolsite": {"features": features, "thinking": "thinking" in features, "context_length": model.n_ctx,
+                         "device": model.device, "backend": model.backend or "llama_cpp"}}
+
+
+@api_view("GET")
+async def list_models(request):
+    await _authenticate(request)
+    entries = await sync_to_async(lambda: [_model_entry(m) for m in all_models()])()
+    return JsonResponse({"object": "list", "data": entries})
+
+
+@api_view("GET")
+async def retrieve_model(request, name):
+    await _authenticate(request)
+    model = next((m for m in all_models() if m.name == name), None)
+    if model is None:
+        raise ApiError(404, f"The model '{name[:100]}' does not exist on this server.", param="model",
+                       code="model_not_found")
+    return JsonResponse(await sync_to_async(_model_entry)(model))
+
+
+def _served(model_name):
+    """Whether a live device worker holds the model (readiness, as /readyz knows it)."""
+    if any(model_name in (w.get("models") or []) for w in alive_workers()):
+        return True
+    if not settings.REDIS_URL:
+        from inference.embedded import get_worker
+
+        # Embedded without a served start-up (tests, scripts): the first job starts the worker.
+        return get_worker(get_model(model_name).device, start=False) is None
+    return False
+
+
+def _quota_error(exc):
+    kind = {"tokens": ("insufficient_quota", "insufficient_quota")}.get(exc.kind, ("requests", "rate_limit_exceeded"))
+    return ApiError(429, str(exc), kind[0], None, kind[1], retry_after=exc.retry_after)
+
+
+def generation_error(row):
+    """The ApiError for an answer that ended in error (or was interrupted)."""
+    text = row.get("error") or "The generation failed."
+    if text.startswith("the prompt is "):
+        return ApiError(400, f"This model's context is too small for these messages: {text}.", param="messages",
+                        code="context_length_exceeded")
+    if "grammar" in text.lower():
+        return ApiError(400, f"The structured output could not be enforced: {text}.", param="response_format",
+                        code="unsupported_schema")
+    if row.get("status") == "interrupted":
+        return ApiError(503, f"The device worker stopped before the answer was finished: {text}", "server_error",
+                        code="worker_lost", retry_after=1)
+    return ApiError(503, f"The generation failed: {text}", "server_error", code="generation_failed", retry_after=1)
+
+
+def _choice_error(plan, choice):
+    """None, or the ApiError a finished choice stands for (an error, or an answer that does not
+    follow its response_format, which the grammar should make impossible)."""
+    row = choice.row
+    if row["status"] in ("error", "interrupted"):
+        return generation_error(row)
+    if (plan.schema is not None or plan.json_mode) and row["finish_reason"] == "length":
+        return None  # cut by max_tokens: finish_reason "length" says so
+    if (plan.schema is not None or plan.json_mode) and row["status"] == "done":
+        problem = validation_error(row["content"], plan.schema)
+        if problem:
+            logger.error("structured output of message %s failed validation: %s", choice.message_id, problem)
+            return ApiError(503, f"The answer could not be guaranteed to follow the response format: {problem}",
+                            "server_error", "response_format", "invalid_structured_output", retry_after=1)
+    return None
+
+
+def _usage(choices):
+    prompt = sum(c.row.get("prompt_tokens") or 0 for c in choices)
+    completion = sum(c.row.get("completion_tokens") or 0 for c in choices)
+    cached = sum(c.row.get("cached_tokens") or 0 for c in choices)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def _finish_reason(choice):
+    return FINISH.get(choice.row.get("finish_reason") or "", "stop")
+
+
+async def _start(request, parse):
+    key = await _authenticate(request)
+    plan = parse(params.parse_body(request))
+    if plan.stop and plan.grammar:
+        raise params.invalid("'stop' cannot be combined with a JSON response_format: a stop string could cut the "
+                             "JSON short.", "stop")
+    if not await sync_to_async(_served)(plan.model):
+        raise ApiError(503, f"No device worker is serving the model '{plan.model}' right now: try again later.",
+                       "server_error", "model", "model_not_available", retry_after=5)
+    try:
+        conversation_id, ids = await database_sync_to_async(create_rows)(plan, key)
+    except QuotaExceeded as exc:
+        raise _quota_error(exc) from None
+    return plan, Run(conversation_id, ids, plan.model)
+
+
+async def _serve(request, parse, shape):
+    plan, run = await _start(request, parse)
+    handed_over = False
+    try:
+        await run.start()
+        updates = run.updates()
+        if not plan.stream:
+            async for _ in updates:
+                pass
+            for choice in run.choices:
+                problem = _choice_error(plan, choice)
+                if problem:
+                    raise problem
+            return JsonResponse(shape.complete(plan, run))
+        # Streaming: the status line waits for the first token, so a request that fails before
+        # it (a prompt longer than the context, a grammar llama.cpp refuses) is a plain error.
+        early = []
+        async for item in updates:
+            early.append(item)
+            if item[0] in ("text", "reasoning"):
+                break
+        if run.finished:
+            for choice in run.choices:
+                problem = _choice_error(plan, choice)
+                if problem and choice.row["status"] in ("error", "interrupted"):
+                    raise problem
+        response = StreamingHttpResponse(_sse(plan, run, early, updates, shape), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        handed_over = True
+        return response
+    finally:
+        if not handed_over:
+            await run.close()
+
+
+def _data(payload):
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+
+async def _sse(plan, run, early, updates, shape):
+    """Server-sent events; the generator is cancelled when the client disconnects, and closing
+    the run then stops every answer still generating."""
+    try:
+        for chunk in shape.opening(plan, run):
+            yield _data(chunk)
+
+        async def items():
+            for item in early:
+                yield item
+            async for item in updates:
+                yield item
+
+        async for kind, choice, piece in items():
+            if kind in ("text", "reasoning"):
+                chunk = shape.delta(plan, run, choice, kind, piece)
+                if chunk is not None:
+                    yield _data(chunk)
+                continue
+            problem = _choice_error(plan, choice)
+            if problem is not None:
+                yield _data(problem.payload())
+                return
+            yield _data(shape.closing(plan, run, choice))
+        if plan.include_usage:
+            yield _data({**shape.base(plan, run), "choices": [], "usage": _usage(run.choices)})
+        yield b"data: [DONE]\n\n"
+    finally:
+        await run.close()
+
+
+class ChatShape:
+    @staticmethod
+    def base(plan, run):
+        return {"id": f"chatcmpl-{run.choices[0].message_id}", "object": "chat.completion.chunk",
+                "created": run.created, "model": plan.model, "system_fingerprint": "smolsite"}
+
+    @staticmethod
+    def complete(plan, run):
+        choices = []
+        for c in run.choices:
+            message = {"role": "assistant", "content": c.row.get("content", ""), "refusal": None}
+            if c.row.get("reasoning"):
+                message["reasoning_content"] = c.row["reasoning"]
+            choices.append({"index": c.index, "message": message, "logprobs": None,
+                            "finish_reason": _finish_reason(c)})
+        return {"id": f"chatcmpl-{run.choices[0].message_id}", "object": "chat.completion", "created": run.created,
+                "model": plan.model, "system_fingerprint": "smolsite", "choices": choices,
+                "usage": _usage(run.choices)}
+
+    @classmethod
+    def opening(cls, plan, run):
+        for c in run.choices:
+            yield {**cls.base(plan, run), "choices": [{"index": c.index, "delta": {"role": "assistant", "content": ""},
+                                                       "logprobs": None, "finish_reason": None}]}
+
+    @classmethod
+    def delta(cls, plan, run, choice, kind, piece):
+        delta = {"content": piece} if kind == "text" else {"reasoning_content": piece}
+        return {**cls.base(plan, run), "choices": [{"index": choice.index, "delta": delta, "logprobs": None,
+                                                     "finish_reason": None}]}
+
+    @classmethod
+    def closing(cls, plan, run, choice):
+        return {**cls.base(plan, run), "choices": [{"index": choice.index, "delta": {}, "logprobs": None,
+                                                     "finish_reason": _finish_reason(choice)}]}
+
+
+class CompletionShape:
+    @staticmethod
+    def base(plan, run):
+        return {"id": f"cmpl-{run.choices[0].message_id}", "object": "text_completion", "created": run.created,
+                "model": plan.model, "system_fingerprint": "smolsite"}
+
+    @staticmethod
+    def _prompt(plan, choice):
+        return plan.prompts[choice.index // plan.n]
+
+    @classmethod
+    def complete(cls, plan, run):
+        choices = []
+        for c in run.choices:
+            # Raw completions keep whatever the model wrote, reasoning tags' contents included.
+            text = c.row.get("reasoning", "") + c.row.get("content", "")
+            if plan.echo:
+                text = cls._prompt(plan, c) + text
+            choices.append({"index": c.index, "text": text, "logprobs": None, "finish_reason": _finish_reason(c)})
+        return {**cls.base(plan, run), "choices": choices, "usage": _usage(run.choices)}
+
+    @classmethod
+    def opening(cls, plan, run):
+        if plan.echo:
+            for c in run.choices:
+                yield cls._chunk(plan, run, c, cls._prompt(plan, c), None)
+
+    @classmethod
+    def _chunk(cls, plan, run, choice, text, finish):
+        return {**cls.base(plan, run), "choices": [{"index": choice.index, "text": text, "logprobs": None,
+                                                     "finish_reason": finish}]}
+
+    @classmethod
+    def delta(cls, plan, run, choice, kind, piece):
+        return cls._chunk(plan, run, choice, piece, None)
+
+    @classmethod
+    def closing(cls, plan, run, choice):
+        return cls._chunk(plan, run, choice, "", _finish_reason(choice))
+
+
+@api_view("POST")
+async def chat_completions(request):
+    return await _serve(request, params.parse_chat, ChatShape)
+
+
+@api_view("POST")
+async def completions(request):
+    return await _serve(request, params.parse_completion, CompletionShape)
+
+
+@csrf_exempt
+async def unknown(request, rest=""):
+    return not_found(request)
