@@ -1,0 +1,452 @@
+"""The OpenAI-compatible API against a real served process (daphne, the embedded device worker,
+its own SQLite file), with the official ``openai`` package as the client and raw HTTP for what a
+client library would never send. One server for the whole module; answers are kept short."""
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import jsonschema
+import openai
+import pytest
+
+from browser_support import ARTIFACTS, REPO, LiveServer
+from smollm3_tiny import write_tiny_smollm3
+
+pytestmark = [
+    pytest.mark.model,
+    # The live server runs on its own SQLite file whatever DATABASE_URL says: the SQLite run covers it.
+    pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="the live server always uses SQLite"),
+]
+
+SMOL = "smollm2-135m"
+SETUP = """
+import json
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.test import Client
+from api.models import ApiKey
+from usage.models import UserQuota
+
+out = {}
+for name, limits in (("alice", {}), ("bob", {}), ("tight", {"tokens_per_day": 60}),
+                     ("hasty", {"requests_per_minute": 1}), ("revoked", {})):
+    user = get_user_model().objects.create_user(name, password="pw-123456789")
+    if limits:
+        UserQuota.objects.create(user=user, **limits)
+    key, raw = ApiKey.create_for(user, f"{name}'s key")
+    if name == "revoked":
+        key.revoke()
+    client = Client()
+    client.force_login(user)
+    out[name] = {"key": raw, "session": client.cookies[settings.SESSION_COOKIE_NAME].value}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, default_model_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    workdir = tmp_path_factory.mktemp("api")
+    tiny = write_tiny_smollm3(workdir / "tiny-smollm3.gguf")
+    models = {
+        SMOL: {"path": default_model_path, "n_ctx": 2048, "threads": 2, "device": "cpu"},
+        # The tiny SmolLM3's metadata (so the thinking plugin takes it for SmolLM3) with an answer
+        # that repeats the question: "<think>…</think>…" comes back as reasoning and answer.
+        "smollm3-echo": {"path": str(tiny), "backend": "echo", "device": "cpu"},
+        "echo-slow": {"path": default_model_path, "backend": "echo", "delay": 0.05, "device": "cpu"},
+        "missing": {"path": str(workdir / "no-such-file.gguf"), "device": "cpu"},  # no worker serves it
+    }
+    live = LiveServer(workdir, models, ARTIFACTS / "api-server.log").start()
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", SETUP], cwd=REPO, env=live.env, check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    live.people = json.loads(out.strip().splitlines()[-1])
+    yield live
+    live.stop()
+
+
+def client_for(server, who="alice", **options):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.people[who]["key"], max_retries=0,
+                         timeout=120, **options)
+
+
+def query(server, sql, *args):
+    with sqlite3.connect(server.db_path, timeout=20) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute(sql, args).fetchall()]
+
+
+def message_id(completion_id):
+    return int(completion_id.rsplit("-", 1)[1])
+
+
+def raw_request(server, path, body=None, headers=None, method=None):
+    """(status, headers, parsed JSON body) over plain HTTP."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(server.url + path, data=data, method=method or ("POST" if data else "GET"),
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, json.loads(exc.read())
+
+
+def bearer(server, who="alice"):
+    return {"Authorization": f"Bearer {server.people[who]['key']}"}
+
+
+def ask(text):
+    return [{"role": "user", "content": text}]
+
+
+# ---- models and plain chat ----------------------------------------------------------------------
+
+def test_models_lists_the_configured_models_with_their_features(server):
+    models = {m.id: m for m in client_for(server).models.list().data}
+    assert set(models) == {SMOL, "smollm3-echo", "echo-slow", "missing"}
+    assert models["smollm3-echo"].smolsite["thinking"] is True
+    assert models[SMOL].smolsite["thinking"] is False and models[SMOL].smolsite["context_length"] == 2048
+    assert client_for(server).models.retrieve(SMOL).id == SMOL
+
+
+def test_chat_completion_is_a_message_row_in_an_api_conversation(server):
+    answer = client_for(server).chat.completions.create(
+        model=SMOL, messages=[{"role": "system", "content": "You are terse."},
+                              {"role": "user", "content": [{"type": "text", "text": "Say hello."}]}],
+        max_tokens=12, temperature=0)
+    choice = answer.choices[0]
+    assert answer.object == "chat.completion" and answer.model == SMOL
+    assert choice.message.role == "assistant" and choice.message.content.strip()
+    assert choice.finish_reason in ("stop", "length")
+    assert answer.usage.prompt_tokens > 0 and 0 < answer.usage.completion_tokens <= 12
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+    assert answer.usage.prompt_tokens_details.cached_tokens >= 0
+    row = server.message(message_id(answer.id))
+    assert row["content"] == choice.message.content and row["status"] == "done"
+    conv = query(server, "SELECT c.*, k.name AS key_name FROM chat_conversation c JOIN api_apikey k "
+                         "ON k.id = c.api_key_id WHERE c.id = ?", row["conversation_id"])[0]
+    assert (conv["source"], conv["key_name"], conv["system_prompt"]) == ("api", "alice's key", "You are terse.")
+    ledger = query(server, "SELECT * FROM usage_usagerecord WHERE message_id = ?", row["id"])[0]
+    assert (ledger["source"], ledger["key_name"], ledger["model"]) == ("api", "alice's key", SMOL)
+    assert ledger["total_tokens"] == answer.usage.total_tokens
+
+
+def test_streaming_with_usage_ends_with_done(server):
+    stream = client_for(server).chat.completions.create(
+        model=SMOL, messages=ask("Name a colour."), max_tokens=10, temperature=0, stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals in (["stop"], ["length"])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens >= 0
+    assert text and server.message(message_id(chunks[0].id))["content"] == text
+
+
+def test_raw_stream_ends_with_data_done(server):
+    body = {"model": "smollm3-echo", "messages": ask("one two three"), "stream": True}
+    request = urllib.request.Request(server.url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", **bearer(server)})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        events = [line for line in response.read().decode().split("\n\n") if line]
+    assert events[-1] == "data: [DONE]"
+    pieces = [json.loads(e[6:])["choices"][0]["delta"].get("content") or "" for e in events[:-1]]
+    assert "".join(pieces) == "one two three"
+
+
+def test_n_choices_are_generated_together(server):
+    answer = client_for(server).chat.completions.create(model=SMOL, messages=ask("Say hi."), n=2, max_tokens=8,
+                                                        temperature=0.9, seed=7)
+    assert [c.index for c in answer.choices] == [0, 1]
+    assert all(c.message.content for c in answer.choices)
+    rows = [server.message(message_id(answer.id) + i) for i in range(2)]
+    assert rows[0]["parent_id"] == rows[1]["parent_id"]  # two answers to one question: branches in the UI
+    assert answer.usage.completion_tokens == sum(r["completion_tokens"] for r in rows)
+
+
+def test_stop_strings_cut_the_answer(server):
+    client = client_for(server)
+    question = ask("List three fruits, separated by commas.")
+    free = client.chat.completions.create(model=SMOL, messages=question, max_tokens=16, temperature=0)
+    words = free.choices[0].message.content.split()
+    assert len(words) >= 3, free.choices[0].message.content
+    stop = words[2]
+    cut = client.chat.completions.create(model=SMOL, messages=question, max_tokens=16, temperature=0, stop=[stop])
+    text = cut.choices[0].message.content
+    assert cut.choices[0].finish_reason == "stop"
+    assert stop not in text and free.choices[0].message.content.startswith(text)
+
+
+def test_same_seed_same_text(server):
+    client = client_for(server)
+    kwargs = dict(model=SMOL, messages=ask("Invent a name for a cat."), max_tokens=12, temperature=0.8, seed=1234)
+    first = client.chat.completions.create(**kwargs).choices[0].message.content
+    second = client.chat.completions.create(**kwargs).choices[0].message.content
+    assert first == second and first
+
+
+# ---- structured output ----------------------------------------------------------------------------
+
+SCHEMAS = {
+    "nested_object": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 16},
+            "address": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16},
+                                                          "zip": {"type": "integer"}},
+                        "required": ["city", "zip"], "additionalProperties": False},
+        },
+        "required": ["name", "address"],
+    },
+    "array_of_enums": {
+        "type": "object",
+        "properties": {"colours": {"type": "array", "items": {"enum": ["red", "green", "blue"]},
+                                   "minItems": 1, "maxItems": 3}},
+        "required": ["colours"],
+    },
+    "enum_bool_ref": {
+        "$defs": {"size": {"type": "string", "enum": ["small", "large"]}},
+        "type": "object",
+        "properties": {"size": {"$ref": "#/$defs/size"}, "ok": {"type": "boolean"},
+                       "note": {"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 10}]}},
+        "required": ["size", "ok", "note"],
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_json_schema_answers_validate(server, name):
+    schema = SCHEMAS[name]
+    answer = client_for(server).chat.completions.create(
+        model=SMOL, messages=ask("Answer in JSON."), max_tokens=120, temperature=0.7, seed=3,
+        response_format={"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}})
+    choice = answer.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    jsonschema.validate(json.loads(choice.message.content), schema)
+
+
+def test_json_object_mode_answers_an_object(server):
+    answer = client_for(server).chat.completions.create(
+        model=SMOL, messages=ask("Give a JSON object with a key 'a'."), max_tokens=60, temperature=0,
+        response_format={"type": "json_object"})
+    choice = answer.choices[0]
+    if choice.finish_reason == "stop":
+        assert isinstance(json.loads(choice.message.content), dict)
+    else:  # cut by max_tokens, and it says so
+        assert choice.finish_reason == "length" and choice.message.content.lstrip().startswith("{")
+
+
+@pytest.mark.parametrize("schema, why", [
+    ({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}, "minimum"),
+    ({"oneOf": [{"type": "string"}, {"type": "integer"}]}, "oneOf"),
+    ({"type": "string", "format": "email"}, "email"),
+    ({"type": "string", "pattern": "(?<=a)b"}, "Pattern"),
+])
+def test_a_schema_the_grammar_cannot_enforce_is_refused(server, schema, why):
+    with pytest.raises(openai.BadRequestError) as err:
+        client_for(server).chat.completions.create(
+            model=SMOL, messages=ask("x"), max_tokens=5,
+            response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}})
+    assert err.value.status_code == 400 and why in err.value.message
+    assert err.value.code == "unsupported_schema" and err.value.param == "response_format"
+
+
+# ---- reasoning --------------------------------------------------------------------------------------
+
+def test_reasoning_content_from_a_smollm3_model(server):
+    client = client_for(server)
+    answer = client.chat.completions.create(model="smollm3-echo", messages=ask("<think>plan it</think>The answer"))
+    message = answer.choices[0].message
+    assert message.reasoning_content == "plan it" and message.content == "The answer"
+    stream = client.chat.completions.create(model="smollm3-echo", messages=ask("<think>a b</think>c d"), stream=True)
+    chunks = [c for c in stream if c.choices]
+    assert "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks) == "a b"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "c d"
+    thinking = query(server, "SELECT thinking FROM chat_conversation c JOIN chat_message m ON m.conversation_id = c.id "
+                             "WHERE m.id = ?", message_id(answer.id))[0]["thinking"]
+    assert thinking == 1
+
+
+@pytest.mark.parametrize("switch", [{"reasoning_effort": "none"},
+                                    {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}])
+def test_thinking_can_be_switched_off(server, switch):
+    answer = client_for(server).chat.completions.create(model="smollm3-echo", messages=ask("hello"), **switch)
+    assert answer.choices[0].message.content == "hello"
+    row = query(server, "SELECT thinking FROM chat_conversation c JOIN chat_message m ON m.conversation_id = c.id "
+                        "WHERE m.id = ?", message_id(answer.id))[0]
+    assert row["thinking"] == 0
+
+
+# ---- completions --------------------------------------------------------------------------------------
+
+def test_completions_use_the_prompt_without_a_template(server):
+    client = client_for(server)
+    done = client.completions.create(model=SMOL, prompt="The capital of France is", max_tokens=6, temperature=0)
+    assert done.object == "text_completion" and done.choices[0].text
+    # The prompt as given: 5 tokens and a BOS at most, not a chat template's dozens.
+    assert done.usage.prompt_tokens <= 7
+    echoed = client.completions.create(model="smollm3-echo", prompt="plain words here", echo=True)
+    assert echoed.choices[0].text == "plain words hereplain words here"
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="smollm3-echo", prompt="a b c", stream=True) if c.choices)
+    assert streamed == "a b c"
+
+
+# ---- errors ---------------------------------------------------------------------------------------------
+
+def test_missing_bad_and_revoked_keys_are_401(server):
+    for key in ("sk-smol-wrong", server.people["revoked"]["key"]):
+        with pytest.raises(openai.AuthenticationError) as err:
+            openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0).models.list()
+        assert err.value.status_code == 401 and err.value.code == "invalid_api_key"
+    status, _, body = raw_request(server, "/v1/models")
+    assert status == 401 and body["error"]["code"] == "missing_api_key"
+    status, _, body = raw_request(server, "/v1/models", headers={"Authorization": "Basic YWxpY2U6cHc="})
+    assert status == 401 and body["error"]["type"] == "invalid_request_error"
+
+
+def test_a_session_cookie_is_not_an_api_key(server):
+    status, _, body = raw_request(server, "/v1/chat/completions", {"model": SMOL, "messages": ask("hi")},
+                                  headers={"Cookie": f"sessionid={server.people['alice']['session']}"})
+    assert status == 401 and set(body["error"]) == {"message", "type", "param", "code"}
+
+
+def test_unknown_model_is_404(server):
+    with pytest.raises(openai.NotFoundError) as err:
+        client_for(server).chat.completions.create(model="gpt-9", messages=ask("hi"))
+    assert err.value.code == "model_not_found" and err.value.param == "model"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": SMOL}, "messages"),
+    ({"model": SMOL, "messages": []}, "messages"),
+    ({"model": SMOL, "messages": "hi"}, "messages"),
+    ({"model": SMOL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ({"model": SMOL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"model": SMOL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "messages[0].content"),
+    ({"model": SMOL, "messages": ask("hi"), "temperature": "hot"}, "temperature"),
+    ({"model": SMOL, "messages": ask("hi"), "max_tokens": 0}, "max_tokens"),
+    ({"model": SMOL, "messages": ask("hi"), "n": 99}, "n"),
+    ({"model": SMOL, "messages": ask("hi"), "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"model": SMOL, "messages": ask("hi"), "seed": 1.5}, "seed"),
+    ({"model": SMOL, "messages": ask("hi"), "stream": "yes"}, "stream"),
+    ({"model": SMOL, "messages": ask("hi"), "tools": [{"type": "function"}]}, "tools"),
+    ({"model": SMOL, "messages": ask("hi"), "response_format": {"type": "xml"}}, "response_format"),
+    ({"messages": ask("hi")}, "model"),
+])
+def test_invalid_requests_are_400_naming_the_parameter(server, body, param):
+    status, _, answer = raw_request(server, "/v1/chat/completions", body, headers=bearer(server))
+    assert status == 400, answer
+    assert answer["error"]["type"] == "invalid_request_error" and answer["error"]["param"] == param
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"", b"\xff\xfe"])
+def test_malformed_bodies_are_400_json(server, body):
+    status, _, answer = raw_request(server, "/v1/chat/completions", body, headers=bearer(server), method="POST")
+    assert status == 400 and answer["error"]["type"] == "invalid_request_error"
+
+
+def test_context_overflow_is_400(server):
+    with pytest.raises(openai.BadRequestError) as err:
+        client_for(server).chat.completions.create(model=SMOL, messages=ask("hello " * 3000), max_tokens=5)
+    assert err.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):  # streaming: a plain error before the stream starts
+        client_for(server).chat.completions.create(model=SMOL, messages=ask("hello " * 3000), stream=True)
+
+
+def test_routes_and_methods_answer_json(server):
+    status, _, body = raw_request(server, "/v1/chat/completions", headers=bearer(server))
+    assert status == 405 and body["error"]["code"] == "method_not_allowed"
+    status, _, body = raw_request(server, "/v1/embeddings", {"input": "x"}, headers=bearer(server))
+    assert status == 404 and body["error"]["code"] == "unknown_url"
+    status, _, body = raw_request(server, "/v1/models/", headers=bearer(server))
+    assert status == 200 and body["object"] == "list"
+
+
+def test_no_worker_for_the_model_is_503(server):
+    with pytest.raises(openai.InternalServerError) as err:
+        client_for(server).chat.completions.create(model="missing", messages=ask("hi"))
+    assert err.value.status_code == 503 and err.value.code == "model_not_available"
+    assert err.value.response.headers["Retry-After"]
+
+
+def test_rate_limit_is_429_with_retry_after(server):
+    client = client_for(server, "hasty")
+    client.chat.completions.create(model="smollm3-echo", messages=ask("one"))
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model="smollm3-echo", messages=ask("two"))
+    assert err.value.status_code == 429 and err.value.code == "rate_limit_exceeded"
+    assert 1 <= int(err.value.response.headers["Retry-After"]) <= 60
+
+
+def test_token_quota_is_429_and_the_ui_path_counts_the_same_ledger(server):
+    client = client_for(server, "tight")  # 60 tokens a day
+    with pytest.raises(openai.RateLimitError) as err:  # may use up to 100: refused before anything runs
+        client.chat.completions.create(model="smollm3-echo", messages=ask("hi"), max_tokens=100)
+    assert err.value.code == "insufficient_quota" and int(err.value.response.headers["Retry-After"]) > 0
+    client.chat.completions.create(model="smollm3-echo", messages=ask("a b c"), max_tokens=40)
+    with pytest.raises(openai.RateLimitError):  # the tokens just used count
+        client.chat.completions.create(model="smollm3-echo", messages=ask("hi"), max_tokens=55)
+
+
+# ---- users, the UI, disconnects ---------------------------------------------------------------------
+
+def test_a_key_reaches_only_its_own_users_conversations_and_cache(server):
+    question = ask("Repeat after me: the quick brown fox jumps over the lazy dog, twice over.")
+    alice, bob = client_for(server, "alice"), client_for(server, "bob")
+    first = alice.chat.completions.create(model=SMOL, messages=question, max_tokens=3, temperature=0)
+    theirs = bob.chat.completions.create(model=SMOL, messages=question, max_tokens=3, temperature=0)
+    again = alice.chat.completions.create(model=SMOL, messages=question, max_tokens=3, temperature=0)
+    assert theirs.usage.prompt_tokens_details.cached_tokens == 0  # alice's prompt is not bob's cache
+    assert again.usage.prompt_tokens_details.cached_tokens > 0
+    conv = server.message(message_id(first.id))["conversation_id"]
+    owners = query(server, "SELECT u.username FROM chat_conversation c JOIN auth_user u ON u.id = c.owner_id "
+                           "WHERE c.id = ?", conv)
+    assert owners == [{"username": "alice"}]
+    # Alice sees it in her sidebar with an API badge; bob gets a 404 for it.
+    def page(who, path):
+        request = urllib.request.Request(server.url + path,
+                                         headers={"Cookie": f"sessionid={server.people[who]['session']}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+
+    status, html = page("alice", f"/c/{conv}/")
+    assert status == 200 and 'class="conv-badge"' in html and "alice&#x27;s key" in html
+    assert page("bob", f"/c/{conv}/")[0] == 404
+
+
+def test_a_client_that_disconnects_mid_stream_stops_the_generation(server):
+    words = " ".join(f"w{i}" for i in range(400))  # 20 s at 50 ms a word
+    stream = client_for(server).chat.completions.create(model="echo-slow", messages=ask(words), stream=True)
+    first = None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = chunk
+            break
+    assert first is not None
+    stream.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        row = server.message(message_id(first.id))
+        if row["status"] not in ("pending", "streaming"):
+            break
+        time.sleep(0.2)
+    assert row["status"] == "stopped", row["status"]
+    assert 0 < len(row["content"].split()) < 300
+
+
+def test_the_server_log_has_no_traceback(server):
+    log = server.log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]
