@@ -69,9 +69,12 @@ def test_batched_greedy_output_matches_alone_and_never_mixes_sequences(bundled_r
         # llama.cpp's CPU kernels are not batch-invariant (a matrix product over one row and over
         # many rounds differently), so a greedy answer may drift from its solo run after a few
         # tokens; it must start the same and stay closer to its own solo answer than to any other.
-        assert shared[i] >= min(3, len(mine), len(alone_tokens[i])), (PROMPTS[i], alone[i], text)
+        # (A near tie can flip as early as the second token: 'Bonjour in French' / 'Bonjour! I am'.)
+        assert shared[i] >= 1, (PROMPTS[i], alone[i], text)
         assert all(shared[i] > n for j, n in enumerate(shared) if j != i and alone[j] != alone[i]), (
             f"{PROMPTS[i]!r} looks like another prompt's answer: {text!r}")
+    # Most answers agree well beyond their first tokens: drift is the exception, not the rule.
+    assert sorted(firsts)[len(firsts) // 2] >= 4, firsts
     print("tokens identical to the solo run, per prompt:", firsts)
 
 
