@@ -303,3 +303,40 @@ def test_admin_shows_usage_totals_per_user_and_model(client):
     assert "<td>m1</td><td>2</td><td>12</td>" in totals and "<td>m2</td><td>1</td><td>3</td>" in totals
     assert client.get("/admin/usage/userquota/").status_code == 200
     assert client.get("/admin/usage/sitequota/add/").status_code == 200
+
+
+# ---- the chat page's socket -------------------------------------------------------------------------
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_the_chat_socket_gets_a_clear_error_frame_and_nothing_is_queued(monkeypatch):
+    import json
+
+    from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from inference import dispatch
+    from smolsite.asgi import application
+
+    queued = []
+    monkeypatch.setattr(dispatch, "enqueue", lambda *args, **kwargs: queued.append(args))
+
+    @database_sync_to_async
+    def setup():
+        user = make_user("sock")
+        set_quota(user, tokens_per_day=10)
+        return user, conversation(user, max_tokens=100)
+
+    user, conv = await setup()
+    comm = WebsocketCommunicator(application, f"/ws/chat/{conv.pk}/", headers=[(b"origin", b"http://127.0.0.1")])
+    comm.scope["user"] = user
+    connected, _ = await comm.connect()
+    assert connected
+    await comm.send_to(text_data=json.dumps({"action": "send", "content": "hello"}))
+    frame = json.loads(await comm.receive_from(timeout=10))
+    assert frame["type"] == "error" and frame["action"] == "send"
+    assert frame["error"].startswith("Token quota reached") and "Lower max tokens" in frame["error"]
+    assert queued == []
+    assert not await database_sync_to_async(conv.messages.exists)()
+    await comm.disconnect()
+
