@@ -17,7 +17,19 @@ from . import actions
 from .forms import ModelForm, RenameForm, SettingsForm
 from .models import Conversation, Message
 from .rendering import conversation_features, thread_context
-from .sidebar import sidebar_context
+from .sidebar import clean_query, sidebar_context
+
+
+MAX_ID = 2 ** 63 - 1
+
+
+def parse_id(value):
+    """A database id from request data, or None: ASCII digits only ("²" is a digit to
+    str.isdigit() but not to int()), within a bigint."""
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 19:
+        return None
+    number = int(value)
+    return number if 0 < number <= MAX_ID else None
 
 
 def _own(request, pk):
@@ -87,14 +99,13 @@ def thread(request, pk):
 @login_required
 @require_GET
 def conversation_list(request):
-    query = request.GET.get("q", "")
-    current = request.GET.get("current")
+    query = clean_query(request.GET.get("q", ""))
+    current = parse_id(request.GET.get("current"))
     if not request.htmx:
-        target = Conversation.objects.filter(owner=request.user, pk=current).first() if (current or "").isdigit() \
-            else None
+        target = Conversation.objects.filter(owner=request.user, pk=current).first() if current else None
         url = reverse("chat:conversation", args=[target.pk]) if target else reverse("chat:index")
         return redirect(f"{url}?{urlencode({'q': query})}" if query and target else url)
-    context = sidebar_context(request.user, query, current=int(current) if (current or "").isdigit() else None)
+    context = sidebar_context(request.user, query, current=current)
     return render(request, "chat/_conversation_list.html", context)
 
 
@@ -189,14 +200,14 @@ def choose_model(request, pk):
 @require_POST
 def branch(request, pk):
     conv = _own(request, pk)
-    message_id = request.POST.get("message", "")
-    if not message_id.isdigit():
+    message_id = parse_id(request.POST.get("message", ""))
+    if message_id is None:
         return HttpResponse("Choose a message to switch to.", status=400, content_type="text/plain; charset=utf-8")
     if actions.active_message(conv.pk) is not None:
         return HttpResponse("An answer is still being generated: wait for it or press Stop before switching versions.",
                             status=409, content_type="text/plain; charset=utf-8")
     try:
-        actions.switch_branch(conv.pk, int(message_id))
+        actions.switch_branch(conv.pk, message_id)
     except actions.ActionError as exc:
         return HttpResponse(str(exc), status=404, content_type="text/plain; charset=utf-8")
     if not request.htmx:
