@@ -17,6 +17,7 @@ from inference.publish import remember_server_loop
 from . import actions
 from .models import Conversation, Message
 from .rendering import render_message, render_thread
+from .socket_auth import NOT_ALLOWED, SIGNED_OUT, SessionRecheckMixin, contains_nul
 
 logger = logging.getLogger(__name__)
 
@@ -24,24 +25,28 @@ RESYNC_TRIES = 20
 RESYNC_WAIT = 0.2  # the worker saves progress at least once a second
 
 
-class ChatConsumer(AsyncWebsocketConsumer):
+class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
     async def connect(self):
         self.user = self.scope.get("user")
         self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
         self.sent_seq = {}  # message id -> last seq sent to this client
         self.gaps = {}  # message id -> events held back while re-reading the database
-        if not self.user or not self.user.is_authenticated or not await self._owns():
-            await self.close(code=4403)
-            return
+        if not self.user or not self.user.is_authenticated:
+            return await self.refuse(SIGNED_OUT)
+        await self.remember_auth()
+        if not await self._owns():
+            return await self.refuse(NOT_ALLOWED)
         remember_server_loop(asyncio.get_running_loop())
         self.group = f"conv.{self.conversation_id}"
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        self.start_auth_watch()
         active = await database_sync_to_async(actions.active_message)(self.conversation_id)
         if active is not None:
             await self._send_snapshot(active.pk)
 
     async def disconnect(self, code):
+        self.stop_auth_watch()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -75,11 +80,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if len(text_data.encode()) > settings.SMOLSITE_MAX_FRAME_BYTES:
             return await self.error("That frame is too large.")
         try:
+            if not await self.still_allowed():  # signed out, or the chat deleted: closes the socket
+                return
+        except DatabaseError:
+            logger.exception("could not re-check a chat socket's session")
+            return await self.error("The database is not answering: try again in a moment.")
+        try:
             frame = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[" * 60000
             return await self.error("That frame is not valid JSON.")
         if not isinstance(frame, dict):
             return await self.error("A frame must be a JSON object.")
+        if contains_nul(frame):
+            return await self.error("Text cannot contain NUL characters (\\u0000).", action=frame.get("action"))
         action = frame.get("action")
         handler = {
             "send": self.do_send,
@@ -166,11 +179,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # ---- group -> client --------------------------------------------------------------
     async def thread_changed(self, event):
+        if not await self.allowed_for_events():
+            return
         html, title = await self._thread()
         self.sent_seq.setdefault(event["message"], 0)
         await self.send_json({"type": "thread", "html": html, "title": title, "active": event["message"]})
 
     async def gen_events(self, event):
+        if not await self.allowed_for_events():
+            return
         message_id = int(event["message"])
         if message_id in self.gaps:
             self.gaps[message_id].extend(event["events"])

@@ -7,6 +7,13 @@
 
   const ACTIVE = new Set(["pending", "streaming"]);
   const RECONNECT_CODES = new Set([1006, 1011, 1012, 1013]);
+  // Closes the server means (chat/socket_auth.py): say why, and never reconnect.
+  const FINAL_CLOSES = {
+    4401: "Signed out — sign in again.",
+    4403: "This chat is not yours or was deleted.",
+    4404: "This chat is not yours or was deleted.",
+  };
+  let closedFor = null; // the final close code, once the server has ended this chat's socket
   const lastSeq = new Map(); // message id -> last event seq folded into the page
   const timers = new Map(); // message id -> reasoning timer
   // Messages whose page text is older than the events now arriving: they wait for the snapshot
@@ -36,6 +43,10 @@
   }
 
   function sendFrame(frame) {
+    if (closedFor) {
+      showError(FINAL_CLOSES[closedFor]);
+      return false;
+    }
     if (!socket) {
       showError("Still connecting to the server: try again in a moment.");
       return false;
@@ -394,20 +405,41 @@
     everOpened = true;
   });
 
+  function showFinalClose(banner, code) {
+    banner.textContent = FINAL_CLOSES[code] + " ";
+    const link = document.createElement("a");
+    if (code === 4401) {
+      link.href = "/accounts/login/?next=" + encodeURIComponent(location.pathname);
+      link.textContent = "Sign in";
+    } else {
+      link.href = "/";
+      link.textContent = "Open your chats";
+    }
+    banner.append(link);
+    banner.dataset.closed = String(code);
+    banner.hidden = false;
+  }
+
   document.addEventListener("htmx:wsClose", (evt) => {
     const code = evt.detail.event?.code;
     const banner = document.getElementById("connection");
-    if (!banner) return;
-    if (RECONNECT_CODES.has(code)) {
+    if (FINAL_CLOSES[code]) {
+      closedFor = code;
+      socket = null;
+      chatEl()?.setAttribute("data-closed", String(code));
+      if (banner) showFinalClose(banner, code);
+    } else if (banner && RECONNECT_CODES.has(code)) {
       banner.textContent = "Connection lost: reconnecting…";
-      banner.hidden = false;
-    } else if (code === 4403) {
-      banner.textContent = "This chat is not available: sign in again or pick another chat.";
       banner.hidden = false;
     }
   });
 
   document.addEventListener("htmx:wsConfigSend", (evt) => {
+    if (closedFor) {
+      evt.preventDefault();
+      showError(FINAL_CLOSES[closedFor]);
+      return;
+    }
     if (evt.target.id !== "composer") return;
     const content = (evt.detail.parameters.content || "").trim();
     if (!content) {
