@@ -25,17 +25,55 @@ def env_list(name, default=""):
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
-DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
-if not SECRET_KEY:
-    # A per-install key kept on disk, so sessions survive restarts without a hard-coded secret.
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
-    key_file = VAR_DIR / "secret_key"
+def secret_key_from_file(key_file):
+    """The per-install key kept on disk, so sessions survive restarts without a hard-coded secret.
+    Written owner-only (0600) and atomically: the key goes to a private temporary file that is then
+    linked into place, which fails if another process got there first; everyone reads back the file
+    that won, so two processes starting at once never use different keys."""
+    key_file = Path(key_file)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
     if not key_file.exists():
+        import tempfile
+
         from django.core.management.utils import get_random_secret_key
 
-        key_file.write_text(get_random_secret_key())
-    SECRET_KEY = key_file.read_text().strip()
+        fd, tmp = tempfile.mkstemp(dir=key_file.parent, prefix=".secret_key.")  # 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(get_random_secret_key())
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, key_file)  # atomic, and fails if the file exists (like O_EXCL)
+            except FileExistsError:
+                pass
+            except OSError:  # a filesystem without hard links
+                try:
+                    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    pass
+                else:
+                    with os.fdopen(fd, "w") as f:
+                        f.write(Path(tmp).read_text())
+        finally:
+            os.unlink(tmp)
+    elif key_file.stat().st_mode & 0o077:
+        try:
+            key_file.chmod(0o600)  # written world-readable by an older version
+        except OSError:
+            pass
+    for _ in range(50):  # a writer without hard links may not have written it yet
+        key = key_file.read_text().strip()
+        if key:
+            return key
+        import time
+
+        time.sleep(0.1)
+    raise RuntimeError(f"{key_file} is empty: delete it and start again")
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = os.environ.get("SECRET_KEY", "") or secret_key_from_file(VAR_DIR / "secret_key")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
@@ -225,3 +263,62 @@ SMOLSITE_QUEUE_SECONDS = int(os.environ.get("SMOLSITE_QUEUE_SECONDS", "120"))
 # (choices per request; the batching engine serves them together).
 SMOLSITE_API_DEFAULT_MAX_TOKENS = int(os.environ.get("SMOLSITE_API_DEFAULT_MAX_TOKENS", "1024"))
 SMOLSITE_API_MAX_N = int(os.environ.get("SMOLSITE_API_MAX_N", "4"))
+
+
+# ---- Security (see README "Configuration") ---------------------------------------------------
+# SMOLSITE_HTTPS=1: served behind a TLS-terminating proxy that sets X-Forwarded-Proto. Cookies are
+# then HTTPS-only, plain HTTP redirects to HTTPS (except the load balancers' probes) and browsers
+# are told to use HTTPS only (HSTS) for a year.
+SMOLSITE_HTTPS = env_bool("SMOLSITE_HTTPS", False)
+if SMOLSITE_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = int(os.environ.get("SMOLSITE_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    # Not "preload": that asks browsers' vendors to hard-code HTTPS for the whole domain, a
+    # decision for the domain's owner, not for this application (hence the silenced W021).
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
+
+# Static files come from the app itself (one process, nothing else to set up), through WhiteNoise:
+# from the finders, so `make run` needs no collectstatic; from STATIC_ROOT too once collected.
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+                  "smolsite.staticfiles.StaticFilesMiddleware")
+WHITENOISE_USE_FINDERS = True
+
+# Content-Security-Policy (django-csp): our own scripts, styles, images and fonts, and websockets
+# to this host only ('self' covers ws:/wss: to the same host). No inline script and no eval (htmx
+# runs with allowEval off). Style attributes stay allowed: sanitized Markdown tables align cells
+# with style="text-align: …".
+INSTALLED_APPS.append("csp")
+MIDDLEWARE.append("csp.middleware.CSPMiddleware")
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "style-src-attr": ["'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+# Who becomes the administrator: "signup" (the first account signed up on a fresh install) or
+# "createsuperuser" (nobody by signing up; sign-up stays closed until an administrator exists).
+# `manage.py check --deploy` warns about "signup" with sign-up open (chat/checks.py).
+SMOLSITE_ADMIN_BOOTSTRAP = os.environ.get("SMOLSITE_ADMIN_BOOTSTRAP", "signup").strip().lower()
+
+# Sidebar search: the longest query used (longer ones are cut), and, where the database has no
+# full-text index (SQLite), how many of a user's most recent messages a search scans.
+SMOLSITE_SEARCH_MAX_CHARS = int(os.environ.get("SMOLSITE_SEARCH_MAX_CHARS", "200"))
+SMOLSITE_SEARCH_SCAN_MESSAGES = int(os.environ.get("SMOLSITE_SEARCH_SCAN_MESSAGES", "2000"))
+
+# Open websockets re-check their session (still there, user active, password unchanged) and
+# their chat (still theirs) this often, on every frame, and before forwarding new events.
+SMOLSITE_WS_AUTH_SECONDS = float(os.environ.get("SMOLSITE_WS_AUTH_SECONDS", "5"))
