@@ -93,8 +93,9 @@ def _rows(ids):
 
 
 class Run:
-    """Subscribe, enqueue, then iterate ``updates()``: ("text"|"reasoning", choice, piece) and
-    ("done", choice, None) items, ending when every choice is done."""
+    """Subscribe, enqueue, then iterate ``updates()``: ("text"|"reasoning", choice, piece),
+    ("queue", choice, requests ahead), ("idle", None, None) after a silence and ("done", choice,
+    None) items, ending when every choice is done."""
 
     def __init__(self, conversation_id, message_ids, model):
         self.conversation_id = conversation_id
@@ -137,6 +138,8 @@ class Run:
                 message = await asyncio.wait_for(self.layer.receive(self.channel), SILENCE_SECONDS)
             except asyncio.TimeoutError:
                 await self._check_rows()
+                if not self.finished and not self._queue:
+                    yield ("idle", None, None)  # a streaming response sends a keep-alive comment
                 continue
             if message.get("type") == "gen.events":
                 await self._on_events(int(message["message"]), message["events"])
@@ -159,6 +162,8 @@ class Run:
             choice.seq = event["seq"]
             if event["kind"] in ("text", "reasoning") and event.get("text"):
                 self._emit(choice, event["kind"], event["text"])
+            elif event["kind"] == "queue":
+                self._queue.append(("queue", choice, event.get("ahead", 0)))
             elif event["kind"] == "done":
                 await self._finish(choice)
                 return

@@ -170,19 +170,19 @@ async def _serve(request, parse, shape):
         await run.start()
         updates = run.updates()
         if not plan.stream:
-            async for _ in updates:
+            async for _ in updates:  # until every choice is done
                 pass
             for choice in run.choices:
                 problem = _choice_error(plan, choice)
                 if problem:
                     raise problem
             return JsonResponse(shape.complete(plan, run))
-        # Streaming: the status line waits for the first token, so a request that fails before
-        # it (a prompt longer than the context, a grammar llama.cpp refuses) is a plain error.
+        # Streaming: the status line waits until the engine has the request (its prompt fitted the
+        # context) or the first token, so a prompt longer than the context is a plain 400.
         early = []
         async for item in updates:
             early.append(item)
-            if item[0] in ("text", "reasoning"):
+            if item[0] in ("text", "reasoning", "queue"):
                 break
         if run.finished:
             for choice in run.choices:
@@ -217,6 +217,10 @@ async def _sse(plan, run, early, updates, shape):
                 yield item
 
         async for kind, choice, piece in items():
+            if kind in ("queue", "idle"):
+                # SSE comments (clients ignore them): where the request waits, and keep-alives.
+                yield (f": {piece} ahead in the queue\n\n" if kind == "queue" else ": waiting\n\n").encode()
+                continue
             if kind in ("text", "reasoning"):
                 chunk = shape.delta(plan, run, choice, kind, piece)
                 if chunk is not None:

@@ -152,11 +152,18 @@ def test_streaming_with_usage_ends_with_done(server):
 
 def test_raw_stream_ends_with_data_done(server):
     body = {"model": "smollm3-echo", "messages": ask("one two three"), "stream": True}
+    raw = {"model": SMOL, "messages": ask("Say hi."), "max_tokens": 4, "stream": True}
+    request = urllib.request.Request(server.url + "/v1/chat/completions", data=json.dumps(raw).encode(),
+                                     headers={"Content-Type": "application/json", **bearer(server)})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        text = response.read().decode()
+    assert ": 0 ahead in the queue" in text and text.endswith("data: [DONE]\n\n")
     request = urllib.request.Request(server.url + "/v1/chat/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json", **bearer(server)})
     with urllib.request.urlopen(request, timeout=60) as response:
         assert response.headers["Content-Type"].startswith("text/event-stream")
-        events = [line for line in response.read().decode().split("\n\n") if line]
+        # Comment lines (": ...", waiting in the queue, keep-alives) are for proxies; clients skip them.
+        events = [e for e in response.read().decode().split("\n\n") if e and not e.startswith(":")]
     assert events[-1] == "data: [DONE]"
     pieces = [json.loads(e[6:])["choices"][0]["delta"].get("content") or "" for e in events[:-1]]
     assert "".join(pieces) == "one two three"
