@@ -574,7 +574,8 @@ async def test_api_request_runs_on_a_celery_worker_and_streams_over_redis(worker
                                                           "stream_options": {"include_usage": True}},
                                  content_type="application/json", headers=auth)
     assert streamed.status_code == 200
-    events = b"".join([chunk async for chunk in streamed.streaming_content]).decode().strip().split("\n\n")
+    events = [e for e in b"".join([chunk async for chunk in streamed.streaming_content]).decode().strip()
+              .split("\n\n") if not e.startswith(":")]  # comments: queue positions, keep-alives
     assert events[-1] == "data: [DONE]"
     chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
