@@ -240,6 +240,26 @@ def test_json_schema_answers_validate(server, name):
     jsonschema.validate(json.loads(choice.message.content), schema)
 
 
+def test_the_clients_pydantic_helper_gets_a_parsed_answer(server):
+    import enum
+
+    from pydantic import BaseModel, Field
+
+    class Colour(str, enum.Enum):
+        red = "red"
+        blue = "blue"
+
+    class Pet(BaseModel):
+        name: str = Field(max_length=12)
+        colours: list[Colour] = Field(max_length=2)
+        legs: int
+
+    answer = client_for(server).chat.completions.parse(
+        model=SMOL, messages=ask("Describe a pet."), response_format=Pet, max_tokens=80, temperature=0.5, seed=11)
+    pet = answer.choices[0].message.parsed
+    assert isinstance(pet, Pet) and len(pet.name) <= 12 and len(pet.colours) <= 2
+
+
 def test_json_object_mode_answers_an_object(server):
     answer = client_for(server).chat.completions.create(
         model=SMOL, messages=ask("Give a JSON object with a key 'a'."), max_tokens=60, temperature=0,
