@@ -9,6 +9,7 @@ as the chat page's consumer does.
 import asyncio
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
@@ -107,6 +108,7 @@ class Run:
         self.channel = None
         self._queue = []
         self.created = int(time.time())
+        self.closed = False
 
     async def start(self):
         loop = asyncio.get_running_loop()
@@ -219,7 +221,10 @@ class Run:
 
     async def close(self):
         """Unsubscribe; answers still generating are stopped (nobody will read them: the client
-        went away or the request failed)."""
+        went away or the request failed). Once; later calls do nothing."""
+        if self.closed:
+            return
+        self.closed = True
         try:
             if self.channel is not None:
                 await self.layer.group_discard(self.group, self.channel)
@@ -244,3 +249,15 @@ async def stop_messages(message_ids):
 @database_sync_to_async
 def _conversation_of(message_id):
     return Message.objects.filter(pk=message_id).values_list("conversation_id", flat=True).first()
+
+
+def close_when_dropped(response, run):
+    """Close ``run`` when ``response`` is garbage-collected without its stream having closed it
+    (a client gone before the server began iterating the stream: the generator never ran)."""
+    loop = asyncio.get_running_loop()
+
+    def close(run=run, loop=loop):
+        if not run.closed and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: loop.create_task(run.close()))
+
+    weakref.finalize(response, close)

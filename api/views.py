@@ -21,7 +21,7 @@ from usage.quotas import QuotaExceeded
 from . import params
 from .auth import authenticate
 from .errors import ApiError, error_response, method_not_allowed, not_found
-from .runner import Run, create_rows
+from .runner import Run, close_when_dropped, create_rows
 from .schema import validation_error
 
 logger = logging.getLogger(__name__)
@@ -192,6 +192,7 @@ async def _serve(request, parse, shape):
         response = StreamingHttpResponse(_sse(plan, run, early, updates, shape), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
+        close_when_dropped(response, run)
         handed_over = True
         return response
     finally:
