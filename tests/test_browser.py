@@ -189,7 +189,7 @@ def test_real_model_streams_tokens_into_the_page(page, server):
     question = "Write a story about a dragon who learns to bake bread."
     reply = send(page, question)
     page.wait_for_selector(f"#msg-{reply}[data-status=streaming]")
-    page.wait_for_function(f"document.querySelector('#msg-{reply} .content').textContent.length > 0")
+    page.wait_for_function(f"() => document.querySelector('#msg-{reply} .content').textContent.length > 0")
     page.screenshot(path=ARTIFACTS / "03-streaming.png")
     assert page.is_visible("#stop-button") and not page.is_visible("#send-button")
 
@@ -217,7 +217,7 @@ def test_reload_mid_stream_continues_without_duplicates(page, server):
     reply = send(page, expected)
     # A quarter of the answer (about 5 s at 50 ms a word): the server has saved part of it, so
     # the reloaded page starts from saved text and the live snapshot, not from nothing.
-    page.wait_for_function(f"(document.querySelector('#msg-{reply} .content')?.textContent || '').length > "
+    page.wait_for_function(f"() => (document.querySelector('#msg-{reply} .content')?.textContent || '').length > "
                            f"{len(words(100))}")
 
     shown_before = len(content_text(page, reply))
@@ -230,7 +230,7 @@ def test_reload_mid_stream_continues_without_duplicates(page, server):
     # The server renders what it last saved (about once a second), which the stream continues.
     assert initial["text"] and expected.startswith(initial["text"]) and initial["text"] != expected
     # The text keeps growing past what the page showed before the reload.
-    page.wait_for_function(f"document.querySelector('#msg-{reply} .content').textContent.length > {shown_before}"
+    page.wait_for_function(f"() => document.querySelector('#msg-{reply} .content').textContent.length > {shown_before}"
                            f" && document.querySelector('#msg-{reply}').dataset.status === 'streaming'")
     page.screenshot(path=ARTIFACTS / "05-after-reload.png")
 
@@ -259,16 +259,16 @@ def test_reconnect_mid_stream_continues_without_duplicates(page, server):
         new MutationObserver(() => { if (!banner.hidden) window.__bannerShown = banner.textContent; })
             .observe(banner, {attributes: true, childList: true});
     }""")
-    page.wait_for_function(f"(document.querySelector('#msg-{reply} .content')?.textContent || '').length > "
+    page.wait_for_function(f"() => (document.querySelector('#msg-{reply} .content')?.textContent || '').length > "
                            f"{len(words(60))}")
     # 1012 ("service restart") is a close the ws extension answers by reconnecting.
     sockets[-1].close(code=1012, reason="test drops the connection")
     # The page says it lost the connection, then hides that once a new socket is open.
-    page.wait_for_function("window.__bannerShown && document.getElementById('connection').hidden")
+    page.wait_for_function("() => window.__bannerShown && document.getElementById('connection').hidden")
     assert "reconnecting" in page.evaluate("window.__bannerShown")
     assert len(sockets) == 2
     at_reconnect = len(content_text(page, reply))
-    page.wait_for_function(f"document.querySelector('#msg-{reply} .content').textContent.length > {at_reconnect}")
+    page.wait_for_function(f"() => document.querySelector('#msg-{reply} .content').textContent.length > {at_reconnect}")
     assert wait_final(page, reply) == "done"
     assert content_text(page, reply) == expected == server.message(reply)["content"]
     assert page.evaluate("window.__checks") > 0
@@ -279,7 +279,7 @@ def test_stop_keeps_the_partial_answer(page, server):
     new_chat(page, "echo")
     expected = words(400, "s")
     reply = send(page, expected)
-    page.wait_for_function(f"(document.querySelector('#msg-{reply} .content')?.textContent || '').length > 20")
+    page.wait_for_function(f"() => (document.querySelector('#msg-{reply} .content')?.textContent || '').length > 20")
     page.click("#stop-button")
     assert wait_final(page, reply) == "stopped"
     page.screenshot(path=ARTIFACTS / "06-stopped.png")
@@ -428,7 +428,8 @@ def test_sidebar_rename_search_and_delete(page, server):
     page.wait_for_selector(f"#conv-{other} .conv-title:text-is('Stripes')")
 
     page.fill("#search-input", "submarine")
-    page.wait_for_function(f"!document.querySelector('#conv-{other}') && !!document.querySelector('#conv-{keep}')")
+    page.wait_for_function(
+        f"() => !document.querySelector('#conv-{other}') && !!document.querySelector('#conv-{keep}')")
     page.screenshot(path=ARTIFACTS / "10-search.png")
     page.fill("#search-input", "")
     page.wait_for_selector(f"#conv-{other}")
@@ -510,7 +511,7 @@ def test_answer_started_in_another_tab_ends_here_even_if_it_ends_while_the_threa
     page.route(re.compile(rf"/c/{conv}/thread/"), lambda route: held.append((route, route.fetch())))
     page.add_init_script(RECORD_FRAMES + PREFIX_WATCH % {"id": reply, "expected": json.dumps(expected)})
     page.goto(url)
-    page.wait_for_function("window.__frames.some(f => f.type === 'final' && f.message === %d)" % reply)
+    page.wait_for_function("() => window.__frames.some(f => f.type === 'final' && f.message === %d)" % reply)
     assert server.message(reply)["status"] == "done"
     assert held and all(f'id="msg-{reply}"' in response.text() for _, response in held)
     assert f'data-message="{reply}" data-role="assistant" data-status="streaming"' in held[0][1].text()
@@ -550,7 +551,7 @@ def test_reconnect_never_shows_a_gap_while_the_redrawn_answer_waits_for_its_snap
     expected = words(400, "g")
     reply = send(page, expected)
     page.evaluate(RECORD_FRAMES + PREFIX_WATCH % {"id": reply, "expected": json.dumps(expected)})
-    page.wait_for_function(f"(document.querySelector('#msg-{reply} .content')?.textContent || '').length > "
+    page.wait_for_function(f"() => (document.querySelector('#msg-{reply} .content')?.textContent || '').length > "
                            f"{len(words(40))}")
 
     # The thread the page fetches after reconnecting is rendered at once, from the text saved so far,
@@ -569,7 +570,7 @@ def test_reconnect_never_shows_a_gap_while_the_redrawn_answer_waits_for_its_snap
     route, response = held_threads[0]
     saved_seq = int(re.search(rf'id="msg-{reply}"[^>]*data-seq="(\d+)"', response.text()).group(1))
     page.wait_for_function(
-        f"window.__frames.some(f => f.type === 'events' && f.message === {reply} && "
+        f"() => window.__frames.some(f => f.type === 'events' && f.message === {reply} && "
         f"f.events.some(e => e.seq > {saved_seq + 1}))")
     route.fulfill(response=response)
 
@@ -577,7 +578,8 @@ def test_reconnect_never_shows_a_gap_while_the_redrawn_answer_waits_for_its_snap
     # page before the snapshot does must not be drawn onto the older text.
     wait_until(lambda: held_resumes)
     seen = page.evaluate("window.__frames.length")
-    page.wait_for_function(f"window.__frames.slice({seen}).some(f => f.type === 'events' && f.message === {reply})")
+    page.wait_for_function(
+        f"() => window.__frames.slice({seen}).some(f => f.type === 'events' && f.message === {reply})")
     for message in held_resumes:
         sockets[-1][1].send(message)
     held_resumes.clear()
@@ -615,7 +617,7 @@ def test_snapshot_of_a_version_on_another_branch_redraws_the_thread_once(page, s
     page.route(re.compile(rf"/c/{conv}/thread/"), lambda route: (fetches.append(route.request.url), route.continue_()))
     page.evaluate("document.getElementById('thread').dataset.mark = 'before'")
     sockets[-1].send(json.dumps({"action": "resume", "message": first}))
-    page.wait_for_function("!document.querySelector('#thread[data-mark=before]')")
+    page.wait_for_function("() => !document.querySelector('#thread[data-mark=before]')")
     # Anything the page sent after the redraw reaches the server before this Stop does.
     page.evaluate("document.getElementById('stop-button').click()")
     while not any(f.get("action") == "stop" for f in from_page):
