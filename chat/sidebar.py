@@ -91,7 +91,8 @@ def search(user, query=""):
         for conversation_id, message_id in _message_hits(user, query):
             first_hit[conversation_id] = min(message_id, first_hit.get(conversation_id, message_id))
         conversations = conversations.filter(Q(title__icontains=query) | Q(pk__in=list(first_hit)))
-    entries = [{"conversation": c, "snippet": ""} for c in conversations.select_related("api_key").order_by("-updated_at")[:MAX_RESULTS]]
+    entries = [{"conversation": c, "snippet": ""}
+               for c in conversations.select_related("api_key").order_by("-updated_at")[:MAX_RESULTS]]
     if query:
         # Show where a chat matched when its title does not say.
         wanted = {first_hit[e["conversation"].pk]: e for e in entries

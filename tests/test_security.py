@@ -271,6 +271,15 @@ def test_https_settings(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import django; django.setup(); " + code], cwd=REPO,
                          env=environment, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["True", "True", "True", "True", "('HTTP_X_FORWARDED_PROTO',", "'https')"], out.stderr
+    # Plain HTTP redirects, except the probes; what the proxy says is HTTPS gets HSTS.
+    code = ("from django.test import Client; c = Client(); "
+            "r = c.get('/accounts/login/'); print(r.status_code, r.headers.get('Location')); "
+            "print(c.get('/healthz').status_code); "
+            "r = c.get('/healthz', HTTP_X_FORWARDED_PROTO='https'); print(r.headers.get('Strict-Transport-Security'))")
+    out = subprocess.run([sys.executable, "-c", "import django; django.setup(); " + code], cwd=REPO,
+                         env=environment, capture_output=True, text=True, timeout=120)
+    assert out.stdout.splitlines() == ["301 https://testserver/accounts/login/", "200",
+                                       "max-age=31536000; includeSubDomains"], out.stderr
 
 
 @pytest.mark.django_db
@@ -400,6 +409,8 @@ async def test_refusals_are_accepted_then_closed_with_a_code():
     comm = await open_socket(conv.pk, bob_key)  # not bob's
     assert (await until_close(comm))[1] == 4403
     comm = await open_socket(conv.pk + 1000, key)  # no such chat: the same answer
+    assert (await until_close(comm))[1] == 4403
+    comm = await open_socket(10 ** 30, key)  # beyond any database integer
     assert (await until_close(comm))[1] == 4403
     comm = await open_socket(conv.pk, key)
     await assert_still_open(comm)
