@@ -482,6 +482,31 @@ def test_a_client_that_disconnects_mid_stream_stops_the_generation(server):
     assert 0 < len(row["content"].split()) < 300
 
 
+def test_a_client_that_disconnects_while_waiting_for_a_whole_answer_stops_it_too(server):
+    import socket
+
+    words = " ".join(f"w{i}" for i in range(400))
+    body = json.dumps({"model": "echo-slow", "messages": ask(words)}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     + f"Authorization: Bearer {server.people['alice']['key']}\r\n".encode()
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the answer is being generated
+            rows = query(server, "SELECT id, status FROM chat_message WHERE content LIKE 'w0 w1%' "
+                                 "AND role = 'assistant' ORDER BY id DESC LIMIT 1")
+            if rows and rows[0]["status"] == "streaming":
+                break
+            time.sleep(0.1)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        row = server.message(rows[0]["id"])
+        if row["status"] not in ("pending", "streaming"):
+            break
+        time.sleep(0.2)
+    assert row["status"] == "stopped"
+
+
 def test_the_server_log_has_no_traceback(server):
     # Django logs the refused Host header (django.security.DisallowedHost) with its traceback.
     blocks = server.log_path.read_text().split("Traceback (most recent call last):")[1:]
