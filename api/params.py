@@ -14,6 +14,7 @@ from .errors import ApiError, invalid
 ROLES = {"system", "developer", "user", "assistant"}
 EFFORTS = {"none", "minimal", "low", "medium", "high"}
 MAX_STOP = 4
+MAX_MESSAGES = 2000  # more turns than any context here holds; each becomes a row
 
 
 @dataclass
@@ -57,13 +58,34 @@ def parse_body(request):
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid(f"We could not parse the JSON body of your request ({exc}).") from None
+    except RecursionError:
+        raise invalid("We could not parse the JSON body of your request (nested too deeply).") from None
     if not isinstance(data, dict):
         raise invalid("The request body must be a JSON object.")
+    if _has_nul(data):
+        raise invalid("The request contains a NUL character (\\u0000), which text here cannot hold.")
     return data
 
 
+def _has_nul(value, depth=0):
+    if isinstance(value, str):
+        return "\x00" in value
+    if depth > 200:
+        return False
+    if isinstance(value, dict):
+        return any(_has_nul(k, depth + 1) or _has_nul(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v, depth + 1) for v in value)
+    return False
+
+
 def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return False
 
 
 def _is_int(value):
@@ -214,12 +236,14 @@ def parse_chat(data):
         raise invalid("'messages' is required: a list of {\"role\", \"content\"} objects.", "messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("'messages' must be a non-empty list.", "messages")
+    if len(messages) > MAX_MESSAGES:
+        raise invalid(f"'messages' has {len(messages):,} messages; at most {MAX_MESSAGES:,} are accepted.", "messages")
     turns, exact = [], False
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise invalid(f"'messages[{i}]' must be an object.", f"messages[{i}]")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise invalid(f"'messages[{i}].role' must be one of system, developer, user or assistant, not "
                           f"{json.dumps(role)[:40]}.", f"messages[{i}].role")
         if m.get("tool_calls") or m.get("function_call"):
@@ -243,7 +267,7 @@ def parse_chat(data):
     _common(data, plan)
     _response_format(data, plan)
     effort = data.get("reasoning_effort")
-    if effort is not None and effort not in EFFORTS:
+    if effort is not None and (not isinstance(effort, str) or effort not in EFFORTS):
         raise invalid(f"'reasoning_effort' must be one of {', '.join(sorted(EFFORTS))}.", "reasoning_effort")
     kwargs = data.get("chat_template_kwargs")
     if kwargs is not None and not isinstance(kwargs, dict):

@@ -170,6 +170,8 @@ def check(schema):
         jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise SchemaError(f"not a valid JSON Schema: {exc.message}") from None
+    except RecursionError:
+        raise SchemaError(f"nested deeper than {MAX_DEPTH} levels") from None
     _check(schema, [], 0)
     for defs in ("$defs", "definitions"):
         for name, sub in (schema.get(defs) or {}).items():
