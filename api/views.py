@@ -54,7 +54,7 @@ def api_view(*methods):
     return wrap
 
 
-@sync_to_async
+@database_sync_to_async
 def _authenticate(request):
     return authenticate(request)
 
