@@ -54,7 +54,7 @@ def api_view(*methods):
     return wrap
 
 
-@database_sync_to_async
+@sync_to_async
 def _authenticate(request):
     return authenticate(request)
 
