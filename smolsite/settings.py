@@ -317,7 +317,7 @@ SMOLSITE_ADMIN_BOOTSTRAP = os.environ.get("SMOLSITE_ADMIN_BOOTSTRAP", "signup").
 # Sidebar search: the longest query used (longer ones are cut), and, where the database has no
 # full-text index (SQLite), how many of a user's most recent messages a search scans.
 SMOLSITE_SEARCH_MAX_CHARS = int(os.environ.get("SMOLSITE_SEARCH_MAX_CHARS", "200"))
-SMOLSITE_SEARCH_SCAN_MESSAGES = int(os.environ.get("SMOLSITE_SEARCH_SCAN_MESSAGES", "2000"))
+SMOLSITE_SEARCH_SCAN_MESSAGES = int(os.environ.get("SMOLSITE_SEARCH_SCAN_MESSAGES", "1000"))
 
 # Open websockets re-check their session (still there, user active, password unchanged) and
 # their chat (still theirs) this often, on every frame, and before forwarding new events.

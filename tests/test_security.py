@@ -131,6 +131,12 @@ def test_sqlite_scans_only_the_most_recent_messages(client, alice, settings):
     assert "New" in html and ">Old<" not in html and 'id="conv-%d"' % old.pk not in html
     settings.SMOLSITE_SEARCH_SCAN_MESSAGES = 100
     assert 'id="conv-%d"' % old.pk in listed(client, "aardvark")
+    # Linear-time matching (instr, not LIKE '%…%'), for at most MAX_SCAN_WORDS words.
+    with CaptureQueriesContext(connection) as ctx:
+        listed(client, " ".join(f"word{i}" for i in range(50)))
+    hits = next(q["sql"] for q in ctx.captured_queries if '"chat_message"."content"' in q["sql"])
+    assert " LIKE " not in hits
+    assert hits.count('INSTR(LOWER("chat_message"."content")') == sidebar.MAX_SCAN_WORDS
 
 
 @pytest.mark.skipif(not POSTGRES, reason="PostgreSQL's full-text index")
