@@ -56,9 +56,11 @@ class MessageStore(JobStore):
             content=text, reasoning=reasoning, stream_seq=seq, updated_at=timezone.now())
 
     def finish(self, job_id, result):
+        """Save the end of a generation; False when the row had already been ended elsewhere
+        (the reaper marked it interrupted and told the tabs, or it was deleted): it stays so."""
         now = timezone.now()
         with transaction.atomic():
-            Message.objects.filter(pk=job_id).update(
+            saved = Message.objects.filter(pk=job_id, status=Message.Status.STREAMING).update(
                 content=result.text,
                 reasoning=result.reasoning,
                 status=result.status,
@@ -76,7 +78,10 @@ class MessageStore(JobStore):
                 updated_at=now,
                 finished_at=now,
             )
+            if not saved:
+                return False
             Conversation.objects.filter(messages__pk=job_id).update(updated_at=now)
             # The usage ledger: once per generation, in the transaction that ends it (so its
             # reserved tokens and its used tokens are never both, or neither, counted).
             ledger.record(job_id, result, now=now)
+        return True

@@ -21,6 +21,8 @@ from .stop import StopChecker, clear_stop
 logger = logging.getLogger(__name__)
 
 SAVE_SECONDS = 1.0  # partial text reaches the database at least this often
+# The final save is retried (a database restarting, a lock held too long) before giving up.
+FINISH_RETRY_SECONDS = (0.5, 1, 2, 4, 8)
 
 
 @dataclass
@@ -237,12 +239,22 @@ class GenerationService:
         return result
 
     def _finish(self, request, result, pub):
-        try:
-            self.store.finish(request.id, result)
-        except Exception:
-            logger.exception("could not save the result of %s", request.id)
-        # Persisted before "done" goes out, so a client that reloads on "done" sees the final row.
-        pub.emit("done", status=result.status, error=result.error, stats=result.stats())
+        saved = False
+        for attempt in range(len(FINISH_RETRY_SECONDS) + 1):
+            try:
+                saved = self.store.finish(request.id, result) is not False
+                break
+            except Exception:
+                logger.exception("could not save the result of %s (try %d)", request.id, attempt + 1)
+                if attempt < len(FINISH_RETRY_SECONDS):
+                    time.sleep(FINISH_RETRY_SECONDS[attempt])
+        # Persisted before "done" goes out, so a client that reloads on "done" sees the final row;
+        # a row not saved (or already ended by the reaper, which told the tabs) gets no "done".
+        if saved:
+            pub.emit("done", status=result.status, error=result.error, stats=result.stats())
+        else:
+            logger.warning("generation %s ended %s but its row was not saved by this worker", request.id,
+                           result.status)
         pub.close()
 
 

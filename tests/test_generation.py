@@ -199,3 +199,50 @@ def test_trimming_a_long_history_renders_a_logarithmic_number_of_times():
     assert request.dropped_turns == len(turns) + 1 - kept
     longer = turns[len(turns) - (kept - 1) - 2:] + [{"role": "user", "content": "last"}]
     assert CountingBackend().count_tokens(" ".join(m["content"] for m in longer)) + 100 > 1000
+
+
+def test_final_save_is_retried_and_done_goes_out_only_once_saved(loaded_registry, monkeypatch):
+    from inference import service as service_module
+
+    monkeypatch.setattr(service_module, "FINISH_RETRY_SECONDS", (0, 0, 0))
+
+    class FlakyStore(MemoryStore):
+        failures = 2
+
+        def finish(self, job_id, result):
+            if FlakyStore.failures:
+                FlakyStore.failures -= 1
+                raise RuntimeError("database restarting")
+            return super().finish(job_id, result)
+
+    result, events = run_request(loaded_registry, make_request("smollm2-135m", "Say hi.", max_tokens=4),
+                                 store=FlakyStore())
+    assert FlakyStore.failures == 0 and result.status == "done"
+    assert [e["kind"] for e in events].count("done") == 1
+
+    class DownStore(MemoryStore):
+        def finish(self, job_id, result):
+            raise RuntimeError("database gone")
+
+    result, events = run_request(loaded_registry, make_request("smollm2-135m", "Say hi.", max_tokens=4),
+                                 store=DownStore())
+    assert "done" not in [e["kind"] for e in events]  # never announced: the row was not saved
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reaped_message_is_not_flipped_back_to_done(loaded_registry):
+    from chat.store import MessageStore
+    from inference.service import GenerationResult
+
+    user = get_user_model().objects.create_user("r", password="pw-123456789")
+    conv = Conversation.objects.create(owner=user, model="smollm2-135m", temperature=0.0, max_tokens=8)
+    question = Message.objects.create(conversation=conv, role="user", content=QUESTION)
+    reply = Message.objects.create(conversation=conv, parent=question, role="assistant", status="pending",
+                                   model_name="smollm2-135m")
+    store = MessageStore()
+    assert store.claim(str(reply.pk), "cpu@x:1") is not None
+    # The reaper decided the worker was dead and told the tabs.
+    Message.objects.filter(pk=reply.pk).update(status="interrupted", error="The worker stopped.")
+    assert store.finish(str(reply.pk), GenerationResult(text="late text", completion_tokens=2)) is False
+    reply.refresh_from_db()
+    assert reply.status == "interrupted" and reply.content == ""
