@@ -281,6 +281,14 @@ def parse_chat(data):
     return plan
 
 
+def check_plan(plan):
+    """Checks across parameters, after parsing (the endpoints and batch lines alike)."""
+    if plan.stop and plan.grammar:
+        raise invalid("'stop' cannot be combined with a JSON response_format: a stop string could cut the "
+                      "JSON short.", "stop")
+    return plan
+
+
 def parse_completion(data):
     model = _model(data)
     plan = Plan(model=model, kind="completion", thinking=False)

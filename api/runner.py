@@ -28,11 +28,13 @@ logger = logging.getLogger(__name__)
 SILENCE_SECONDS = 2.0  # with no event this long, look at the rows
 
 
-def create_rows(plan, key):
+def create_rows(plan, key, source="api", user_id=None, priority=None):
     """The conversation, its input turns and one pending answer per choice; returns
-    (conversation id, [answer ids in choice order]). Raises usage.quotas.QuotaExceeded."""
+    (conversation id, [answer ids in choice order]). Raises usage.quotas.QuotaExceeded.
+    Batches pass ``source="batch"``, ``priority="background"`` and, without a key, ``user_id``."""
+    user_id = key.user_id if key is not None else user_id
     with transaction.atomic():
-        reserve(key.user_id, plan.max_tokens * plan.choices, count=plan.choices)
+        reserve(user_id, plan.max_tokens * plan.choices, count=plan.choices)
         if plan.kind == "chat":
             groups = [plan.turns]
             title_text = next((t["content"] for t in reversed(plan.turns) if t["role"] == "user"), "") or "API request"
@@ -40,7 +42,7 @@ def create_rows(plan, key):
             groups = [[{"role": "user", "content": p, "reasoning": ""}] for p in plan.prompts]
             title_text = plan.prompts[0] or "API completion"
         conv = Conversation.objects.create(
-            owner_id=key.user_id, api_key=key, source="api", model=plan.model,
+            owner_id=user_id, api_key=key, source=source, model=plan.model,
             title=actions.title_from(title_text) or "API request", system_prompt=plan.system_prompt,
             temperature=plan.temperature, top_p=plan.top_p, max_tokens=plan.max_tokens, thinking=plan.thinking)
         replies = []
@@ -51,7 +53,9 @@ def create_rows(plan, key):
                                                 content=turn["content"], reasoning=turn.get("reasoning", ""),
                                                 status=Message.Status.DONE)
             for i in range(plan.n):
-                options = {"source": "api", "max_tokens": plan.max_tokens, "truncate": False}
+                options = {"source": source, "max_tokens": plan.max_tokens, "truncate": False}
+                if priority:
+                    options["priority"] = priority
                 if plan.seed is not None:
                     options["seed"] = plan.seed + i  # the n choices of one seed differ from each other
                 if plan.stop:

@@ -149,10 +149,7 @@ def _finish_reason(choice):
 
 async def _start(request, parse):
     key = await _authenticate(request)
-    plan = parse(params.parse_body(request))
-    if plan.stop and plan.grammar:
-        raise params.invalid("'stop' cannot be combined with a JSON response_format: a stop string could cut the "
-                             "JSON short.", "stop")
+    plan = params.check_plan(parse(params.parse_body(request)))
     if not await sync_to_async(_served)(plan.model):
         raise ApiError(503, f"No device worker is serving the model '{plan.model}' right now: try again later.",
                        "server_error", "model", "model_not_available", retry_after=5)

@@ -322,3 +322,13 @@ SMOLSITE_SEARCH_SCAN_MESSAGES = int(os.environ.get("SMOLSITE_SEARCH_SCAN_MESSAGE
 # Open websockets re-check their session (still there, user active, password unchanged) and
 # their chat (still theirs) this often, on every frame, and before forwarding new events.
 SMOLSITE_WS_AUTH_SECONDS = float(os.environ.get("SMOLSITE_WS_AUTH_SECONDS", "5"))
+
+# Batches (batches/): OpenAI Batch API jobs run at background priority on the device workers.
+INSTALLED_APPS.append("batches")
+SMOLSITE_BATCH_MAX_LINES = int(os.environ.get("SMOLSITE_BATCH_MAX_LINES", "50000"))
+SMOLSITE_BATCH_MAX_BYTES = int(os.environ.get("SMOLSITE_BATCH_MAX_BYTES", str(100 * 1024 * 1024)))
+SMOLSITE_BATCH_MAX_ACTIVE = int(os.environ.get("SMOLSITE_BATCH_MAX_ACTIVE", "3"))  # in progress per user
+SMOLSITE_BATCH_IN_FLIGHT = int(os.environ.get("SMOLSITE_BATCH_IN_FLIGHT", "32"))  # lines queued at once per batch
+SMOLSITE_BATCH_TICK_SECONDS = float(os.environ.get("SMOLSITE_BATCH_TICK_SECONDS", "1"))
+SMOLSITE_BATCH_ATTEMPTS = int(os.environ.get("SMOLSITE_BATCH_ATTEMPTS", "3"))  # runs of a line a dead worker cut
+SMOLSITE_BATCH_DRIVER = env_bool("SMOLSITE_BATCH_DRIVER", True)  # the served process advances batches

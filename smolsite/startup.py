@@ -22,3 +22,7 @@ def start_services():
         # Worker processes also end on their own when this one dies (their socket closes).
         atexit.register(stop_all)
     start_reaper()
+    if settings.SMOLSITE_BATCH_DRIVER:
+        from batches.driver import start_driver
+
+        start_driver()

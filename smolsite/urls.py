@@ -8,6 +8,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("", include("batches.api_urls")),  # before api.urls' catch-all for /v1/
     path("", include("api.urls")),
     path("", include("api.account_urls")),
     path("", include("chat.account_urls")),

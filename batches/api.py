@@ -1,0 +1,159 @@
+"""OpenAI's Files and Batches endpoints (the parts a batch needs), with API keys and errors in
+OpenAI's shape: /v1/files and /v1/batches. Everything is the key owner's own: another user's
+file or batch is a 404, as if it did not exist."""
+from asgiref.sync import sync_to_async
+from django.http import HttpResponse, JsonResponse
+
+from api.errors import ApiError, invalid
+from api.params import parse_body
+from api.views import _authenticate, api_view
+
+from . import service
+from .models import Batch, BatchFile
+
+MAX_LIST = 100
+
+
+def _file_of(user_id, file_id):
+    found = BatchFile.objects.filter(pk=file_id, owner_id=user_id).first()
+    if found is None:
+        raise ApiError(404, f"No such File object: {file_id[:100]}", param="id", code="file_not_found")
+    return found
+
+
+def _batch_of(user_id, batch_id):
+    found = Batch.objects.filter(pk=batch_id, owner_id=user_id).first()
+    if found is None:
+        raise ApiError(404, f"No such batch: {batch_id[:100]}", param="id", code="batch_not_found")
+    return found
+
+
+def _limit(request):
+    raw = request.GET.get("limit", "20")
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise invalid("'limit' must be an integer from 1 to 100.", "limit") from None
+    if not 1 <= limit <= MAX_LIST:
+        raise invalid("'limit' must be an integer from 1 to 100.", "limit")
+    return limit
+
+
+def _page(queryset, request, after_model):
+    """Newest first; ``after`` is the id of the last item of the previous page."""
+    limit = _limit(request)
+    after = request.GET.get("after")
+    if after:
+        anchor = queryset.filter(pk=after).first()
+        if anchor is None:
+            raise invalid(f"'after' names no object of yours: {after[:100]}.", "after")
+        queryset = queryset.filter(created_at__lte=anchor.created_at).exclude(
+            created_at=anchor.created_at, pk__gte=anchor.pk)
+    items = list(queryset.order_by("-created_at", "-pk")[:limit + 1])
+    data = [i.as_api() for i in items[:limit]]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": len(items) > limit}
+
+
+def _upload(request, key):
+    try:
+        files, purpose = request.FILES, request.POST.get("purpose")
+    except Exception:
+        raise ApiError(413, "The upload is too large or malformed.", code="request_too_large") from None
+    upload = files.get("file")
+    if upload is None:
+        raise invalid("'file' is required (multipart/form-data).", "file")
+    if purpose != "batch":
+        raise invalid("'purpose' must be 'batch' (the only purpose this server stores files for).", "purpose")
+    from django.conf import settings
+
+    if upload.size > settings.SMOLSITE_BATCH_MAX_BYTES:
+        raise ApiError(413, f"The file is {upload.size:,} bytes; at most {settings.SMOLSITE_BATCH_MAX_BYTES:,} are "
+                            "accepted.", param="file", code="file_too_large")
+    return service.store_file(key.user, upload.name or "input.jsonl", upload.read()).as_api()
+
+
+@api_view("GET", "POST")
+async def files(request):
+    key = await _authenticate(request)
+    if request.method == "POST":
+        return JsonResponse(await sync_to_async(_upload)(request, key))
+    queryset = BatchFile.objects.filter(owner_id=key.user_id)
+    purpose = request.GET.get("purpose")
+    if purpose:
+        queryset = queryset.filter(purpose=purpose)
+    return JsonResponse(await sync_to_async(_page)(queryset, request, BatchFile))
+
+
+@api_view("GET", "DELETE")
+async def file_detail(request, file_id):
+    key = await _authenticate(request)
+
+    def work():
+        found = _file_of(key.user_id, file_id)
+        if request.method == "DELETE":
+            found.delete()
+            return {"id": file_id, "object": "file", "deleted": True}
+        return found.as_api()
+
+    return JsonResponse(await sync_to_async(work)())
+
+
+@api_view("GET")
+async def file_content(request, file_id):
+    key = await _authenticate(request)
+    found = await sync_to_async(_file_of)(key.user_id, file_id)
+    response = HttpResponse(bytes(found.data), content_type="application/jsonl")
+    response["Content-Disposition"] = f'attachment; filename="{found.filename}"'
+    return response
+
+
+def _create(data, key):
+    file_id = data.get("input_file_id")
+    if not isinstance(file_id, str) or not file_id:
+        raise invalid("'input_file_id' is required: the id POST /v1/files returned.", "input_file_id")
+    endpoint = data.get("endpoint")
+    if endpoint != "/v1/chat/completions":
+        raise invalid("'endpoint' must be \"/v1/chat/completions\" on this server.", "endpoint", "invalid_value")
+    input_file = BatchFile.objects.filter(pk=file_id, owner_id=key.user_id).first()
+    if input_file is None:
+        raise ApiError(404, f"No such File object: {file_id[:100]}", param="input_file_id", code="file_not_found")
+    try:
+        batch = service.create_batch(key.user, input_file, endpoint, data.get("completion_window"),
+                                     data.get("metadata"), api_key=key)
+    except service.BatchRefused as exc:
+        kind = "rate_limit_exceeded" if exc.status == 429 else "invalid_request_error"
+        raise ApiError(exc.status, exc.message, kind, exc.param, exc.code) from None
+    return batch.as_api()
+
+
+@api_view("GET", "POST")
+async def batches(request):
+    key = await _authenticate(request)
+    if request.method == "POST":
+        from inference.publish import remember_server_loop
+        import asyncio
+
+        remember_server_loop(asyncio.get_running_loop())  # for the driver thread's enqueues
+        return JsonResponse(await sync_to_async(_create)(parse_body(request), key))
+    queryset = Batch.objects.filter(owner_id=key.user_id)
+    return JsonResponse(await sync_to_async(_page)(queryset, request, Batch))
+
+
+@api_view("GET")
+async def batch_detail(request, batch_id):
+    key = await _authenticate(request)
+    return JsonResponse(await sync_to_async(lambda: _batch_of(key.user_id, batch_id).as_api())())
+
+
+@api_view("POST")
+async def batch_cancel(request, batch_id):
+    key = await _authenticate(request)
+
+    def work():
+        batch = _batch_of(key.user_id, batch_id)
+        if batch.status not in (Batch.Status.VALIDATING, Batch.Status.IN_PROGRESS, Batch.Status.CANCELLING):
+            raise ApiError(409, f"Cannot cancel a batch that is {batch.status}.", code="batch_not_cancellable")
+        return service.cancel(batch).as_api()
+
+    return JsonResponse(await sync_to_async(work)())

@@ -1,0 +1,320 @@
+"""Creating, advancing, cancelling and finishing batches. Every step reads and writes the
+database only, so whichever process drives a batch (the web process's driver thread, or
+``manage.py batch run``) can stop at any moment and another can go on: finished lines are never
+redone, and a line whose answer a dead worker cut (``interrupted``) runs again.
+
+A line is one chat completion request: its rows are made exactly as the API makes them
+(api.runner.create_rows, source "batch", priority "background"), with the owner's quotas checked
+then. Quota policy: a refusal for tokens (day or month) fails that line with the quota's message;
+a refusal for the rate or the number of answers at once pauses the batch until the next tick.
+"""
+import json
+import logging
+import socket
+import os
+from datetime import timedelta
+from types import SimpleNamespace
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from api import params
+from api.errors import ApiError
+from api.runner import Choice, _rows, create_rows
+from chat import actions
+from chat.models import Message
+from inference import dispatch
+from usage.quotas import QuotaExceeded
+
+from .models import Batch, BatchFile, BatchLine
+from .validation import BatchInvalid, error, validate_jsonl
+
+logger = logging.getLogger(__name__)
+WINDOWS = {"24h": timedelta(hours=24)}
+ADOPT_SECONDS = 30  # a command-line driver unseen this long: the web driver takes its batch over
+S = Batch.Status
+L = BatchLine.Status
+
+
+class BatchRefused(Exception):
+    """The batch cannot be created at all (an ApiError-like status, message, param, code)."""
+
+    def __init__(self, status, message, param=None, code=None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def driver_name():
+    return f"cli:{socket.gethostname()}:{os.getpid()}"
+
+
+def store_file(user, filename, data, purpose="batch"):
+    return BatchFile.objects.create(owner=user, filename=filename[:255] or "input.jsonl", data=bytes(data),
+                                    bytes=len(data), purpose=purpose)
+
+
+def create_batch(user, input_file, endpoint="/v1/chat/completions", completion_window="24h", metadata=None,
+                 api_key=None, driver=""):
+    """Validate every line, then (all good) make the batch and its lines in progress; with any
+    bad line the batch is made ``failed`` with the list of errors and nothing runs."""
+    if completion_window not in WINDOWS:
+        raise BatchRefused(400, "'completion_window' must be \"24h\".", "completion_window", "invalid_value")
+    if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or any(
+            not isinstance(k, str) or not isinstance(v, str) or len(k) > 64 or len(v) > 512
+            for k, v in metadata.items())):
+        raise BatchRefused(400, "'metadata' must be an object of at most 16 string pairs (keys up to 64, values up "
+                                "to 512 characters).", "metadata", "invalid_value")
+    if input_file.purpose != "batch":
+        raise BatchRefused(400, f"The file {input_file.id} has purpose '{input_file.purpose}', not 'batch'.",
+                           "input_file_id", "invalid_file")
+    active = Batch.objects.filter(owner=user, status__in=Batch.ACTIVE).count()
+    if active >= settings.SMOLSITE_BATCH_MAX_ACTIVE:
+        raise BatchRefused(429, f"You have {active} batches in progress; at most {settings.SMOLSITE_BATCH_MAX_ACTIVE} "
+                                "may run at once. Wait for one to finish or cancel one.", None, "too_many_batches")
+    now = timezone.now()
+    batch = Batch.objects.create(owner=user, api_key=api_key, endpoint=endpoint, completion_window=completion_window,
+                                 input_file=input_file, metadata=metadata, created_at=now,
+                                 expires_at=now + WINDOWS[completion_window], driver=driver,
+                                 driver_seen=now if driver else None)
+    try:
+        lines = validate_jsonl(bytes(input_file.data), endpoint)
+    except BatchInvalid as exc:
+        Batch.objects.filter(pk=batch.pk).update(status=S.FAILED, errors=exc.errors, failed_at=timezone.now())
+        batch.refresh_from_db()
+        return batch
+    with transaction.atomic():
+        BatchLine.objects.bulk_create(
+            [BatchLine(batch=batch, index=i, custom_id=cid, body=body) for i, (cid, body, _) in enumerate(lines)],
+            batch_size=500)
+        Batch.objects.filter(pk=batch.pk).update(
+            status=S.IN_PROGRESS, total=len(lines), in_progress_at=timezone.now(),
+            models_used=", ".join(sorted({plan.model for _, _, plan in lines}))[:200])
+    batch.refresh_from_db()
+    return batch
+
+
+def cancel(batch):
+    """Ask to stop: lines not started never run, running ones are stopped (finished ones are
+    kept); the driver ends the batch ``cancelled`` once nothing runs."""
+    now = timezone.now()
+    if Batch.objects.filter(pk=batch.pk, status__in=(S.VALIDATING, S.IN_PROGRESS)).update(
+            status=S.CANCELLING, cancelling_at=now):
+        BatchLine.objects.filter(batch=batch, status=L.QUEUED).update(
+            status=L.CANCELLED, finished_at=now, error={"code": "batch_cancelled",
+                                                        "message": "The batch was cancelled before this line ran."})
+        _stop_running(batch)
+    batch.refresh_from_db()
+    return batch
+
+
+def _stop_running(batch):
+    for line in BatchLine.objects.filter(batch=batch, status=L.RUNNING):
+        for message_id in line.message_ids:
+            try:
+                dispatch.stop(str(message_id))
+                actions.cancel_pending(message_id)
+            except Exception:
+                logger.exception("could not stop message %s of %s", message_id, line)
+
+
+# ---- the driver's step -------------------------------------------------------------------------
+
+def advance(batch, driver=""):
+    """One step of one batch: collect ended lines, start more, finish when nothing is left."""
+    now = timezone.now()
+    if driver:
+        Batch.objects.filter(pk=batch.pk).update(driver=driver, driver_seen=now)
+    if batch.status == S.IN_PROGRESS and batch.expires_at and now >= batch.expires_at:
+        _expire(batch)
+    _collect(batch)
+    if batch.status == S.IN_PROGRESS:
+        _fill(batch)
+    _count(batch)
+    open_lines = BatchLine.objects.filter(batch=batch, status__in=(L.QUEUED, L.STARTING, L.RUNNING)).exists()
+    if not open_lines and batch.status in (S.IN_PROGRESS, S.CANCELLING, S.FINALIZING):
+        final = {S.IN_PROGRESS: S.COMPLETED, S.FINALIZING: S.COMPLETED, S.CANCELLING: S.CANCELLED}[batch.status]
+        if batch.expired_at:
+            final = S.EXPIRED
+        finalize(batch, final)
+    return batch
+
+
+def _expire(batch):
+    now = timezone.now()
+    Batch.objects.filter(pk=batch.pk).update(expired_at=now)
+    batch.expired_at = now
+    BatchLine.objects.filter(batch=batch, status=L.QUEUED).update(
+        status=L.CANCELLED, finished_at=now,
+        error={"code": "batch_expired", "message": "This request could not be executed before the completion window "
+                                                   "expired."})
+    _stop_running(batch)
+    Batch.objects.filter(pk=batch.pk).update(status=S.CANCELLING)
+    batch.status = S.CANCELLING
+
+
+def _plan(line):
+    return params.check_plan(params.parse_chat(line.body))
+
+
+def _enqueue(message_id, model):
+    """dispatch.enqueue from a thread with no event loop of its own."""
+    from inference.publish import _own_loop, server_loop
+
+    loop = server_loop()
+    if loop is None and not settings.REDIS_URL:
+        from inference.embedded import EmbeddedWorker, get_worker
+        from inference.models import get_model
+
+        worker = get_worker(get_model(model).device)
+        if not isinstance(worker, EmbeddedWorker):  # a child process: events come back over its pipe
+            worker.submit(str(message_id), None)
+            return ""
+        loop = _own_loop()
+    return dispatch.enqueue(str(message_id), model, loop)
+
+
+def _fill(batch):
+    stale = timezone.now() - timedelta(seconds=60)
+    # A driver that died between claiming a line and making its rows.
+    BatchLine.objects.filter(batch=batch, status=L.STARTING, started_at__lt=stale).update(status=L.QUEUED)
+    busy = BatchLine.objects.filter(batch=batch, status__in=(L.STARTING, L.RUNNING)).count()
+    room = settings.SMOLSITE_BATCH_IN_FLIGHT - busy
+    if room <= 0:
+        return
+    for line in list(BatchLine.objects.filter(batch=batch, status=L.QUEUED).order_by("index")[:room]):
+        if not BatchLine.objects.filter(pk=line.pk, status=L.QUEUED).update(status=L.STARTING,
+                                                                             started_at=timezone.now()):
+            continue  # another driver took it
+        try:
+            plan = _plan(line)
+            conversation_id, ids = create_rows(plan, batch.api_key, source="batch", user_id=batch.owner_id,
+                                               priority="background")
+        except QuotaExceeded as exc:
+            if exc.kind == "tokens":
+                _end_line(line, L.FAILED, response=None,
+                          error={"code": "insufficient_quota", "message": str(exc)})
+                continue
+            BatchLine.objects.filter(pk=line.pk).update(status=L.QUEUED)  # paused: try again next tick
+            return
+        except ApiError as exc:  # the model was removed since validation, say
+            _end_line(line, L.FAILED, response=None, error={"code": exc.code or "invalid_request",
+                                                            "message": exc.message})
+            continue
+        BatchLine.objects.filter(pk=line.pk).update(status=L.RUNNING, message_ids=ids, conversation_id=conversation_id,
+                                                    attempts=line.attempts + 1)
+        for message_id in ids:
+            try:
+                pinned = _enqueue(message_id, plan.model)
+                if pinned:
+                    actions.mark_routed(message_id, pinned)
+            except Exception as exc:
+                logger.exception("could not enqueue message %s of %s", message_id, line)
+                actions.fail_pending(message_id, f"Could not queue the answer: {str(exc) or type(exc).__name__}")
+
+
+def _end_line(line, status, response, error, tokens=0):
+    BatchLine.objects.filter(pk=line.pk).update(status=status, response=response, error=error,
+                                                completion_tokens=tokens, finished_at=timezone.now())
+
+
+def _collect(batch):
+    running = list(BatchLine.objects.filter(batch=batch, status=L.RUNNING))
+    if not running:
+        return
+    rows = _rows([mid for line in running for mid in line.message_ids])
+    for line in running:
+        mine = [rows.get(mid) for mid in line.message_ids]
+        if any(r is not None and r["status"] in Message.ACTIVE for r in mine):
+            continue
+        _finish_line(batch, line, mine)
+
+
+def _finish_line(batch, line, rows):
+    from api.views import ChatShape, _choice_error
+
+    tokens = sum((r or {}).get("completion_tokens") or 0 for r in rows)
+    statuses = {(r or {}).get("status") for r in rows}
+    if None in statuses:
+        return _end_line(line, L.FAILED, None, {"code": "deleted", "message": "The answer was deleted."}, tokens)
+    if Message.Status.STOPPED in statuses or (batch.status == S.CANCELLING and Message.Status.INTERRUPTED in statuses):
+        code = "batch_expired" if batch.expired_at else "batch_cancelled"
+        return _end_line(line, L.CANCELLED, None, {"code": code, "message": "The batch was stopped while this line "
+                                                                            "ran."}, tokens)
+    if Message.Status.INTERRUPTED in statuses:
+        if line.attempts < settings.SMOLSITE_BATCH_ATTEMPTS:
+            # The worker died under it: run it again (the cut answer stays in its own conversation).
+            BatchLine.objects.filter(pk=line.pk, status=L.RUNNING).update(status=L.QUEUED, message_ids=[])
+            return None
+    plan = _plan(line)
+    choices = [Choice(i, mid, done=True, row=row) for i, (mid, row) in enumerate(zip(line.message_ids, rows))]
+    request_id = f"req_{line.message_ids[0]}"
+    for choice in choices:
+        problem = _choice_error(plan, choice)
+        if problem is not None:
+            body = problem.payload()
+            return _end_line(line, L.FAILED, {"status_code": problem.status, "request_id": request_id, "body": body},
+                             {"code": problem.code or problem.type, "message": problem.message}, tokens)
+    created = min((r.get("finished_at") for r in rows if r.get("finished_at")), default=None)
+    run = SimpleNamespace(choices=choices, created=int((created or timezone.now()).timestamp()))
+    body = ChatShape.complete(plan, run)
+    return _end_line(line, L.DONE, {"status_code": 200, "request_id": request_id, "body": body}, None, tokens)
+
+
+def _count(batch):
+    agg = BatchLine.objects.filter(batch=batch).aggregate(
+        done=Count("id", filter=Q(status=L.DONE)), failed=Count("id", filter=Q(status=L.FAILED)),
+        tokens=Sum("completion_tokens"))
+    Batch.objects.filter(pk=batch.pk).update(completed=agg["done"], failed=agg["failed"],
+                                             completion_tokens=agg["tokens"] or 0)
+    batch.completed, batch.failed, batch.completion_tokens = agg["done"], agg["failed"], agg["tokens"] or 0
+
+
+def output_lines(batch, statuses):
+    for line in BatchLine.objects.filter(batch=batch, status__in=statuses).order_by("index").iterator():
+        yield json.dumps(line.output_record(), ensure_ascii=False)
+
+
+def finalize(batch, final):
+    now = timezone.now()
+    with transaction.atomic():
+        locked = Batch.objects.select_for_update().get(pk=batch.pk)
+        if locked.status not in (S.IN_PROGRESS, S.CANCELLING, S.FINALIZING):
+            batch.refresh_from_db()
+            return batch
+        Batch.objects.filter(pk=batch.pk).update(status=S.FINALIZING, finalizing_at=locked.finalizing_at or now)
+        out = "\n".join(output_lines(batch, (L.DONE,)))
+        err = "\n".join(output_lines(batch, (L.FAILED, L.CANCELLED)))
+        updates = {"status": final, f"{final}_at": timezone.now()}
+        if final == S.EXPIRED:
+            updates["expired_at"] = batch.expired_at or now
+        if out:
+            updates["output_file"] = store_file(batch.owner, f"{batch.id}_output.jsonl", (out + "\n").encode(),
+                                                "batch_output")
+        if err:
+            updates["error_file"] = store_file(batch.owner, f"{batch.id}_error.jsonl", (err + "\n").encode(),
+                                               "batch_output")
+        Batch.objects.filter(pk=batch.pk).update(**updates)
+    batch.refresh_from_db()
+    return batch
+
+
+def drivable(driver=""):
+    """The batches this driver advances: its own, and (the web driver) those of a command-line
+    driver not seen for ADOPT_SECONDS."""
+    active = Batch.objects.filter(status__in=(S.IN_PROGRESS, S.CANCELLING, S.FINALIZING))
+    if driver:
+        return active.filter(driver=driver)
+    stale = timezone.now() - timedelta(seconds=ADOPT_SECONDS)
+    return active.filter(Q(driver="") | Q(driver_seen__lt=stale) | Q(driver_seen__isnull=True))
+
+
+def tick(driver=""):
+    for batch in list(drivable(driver)):
+        try:
+            if batch.driver and not driver:
+                Batch.objects.filter(pk=batch.pk).update(driver="")  # adopted
+            advance(batch, driver)
+        except Exception:
+            logger.exception("could not advance batch %s", batch.pk)
