@@ -38,6 +38,8 @@ def test_service_matches_raw_llama_cpp_greedy(loaded_registry, raw_reference):
     assert "".join(e["text"] for e in events if e["kind"] == "text") == text
     assert events[0]["kind"] == "start" and events[-1]["kind"] == "done"
     assert events[-1]["stats"]["completion_tokens"] == usage["completion_tokens"]
+    # What other users' earlier prompts saved this one is not the browser's business.
+    assert "cached_tokens" not in events[-1]["stats"]
 
 
 def test_special_tokens_never_reach_the_text(loaded_registry):
