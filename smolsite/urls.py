@@ -12,6 +12,7 @@ urlpatterns = [
     path("", include("api.urls")),
     path("", include("api.account_urls")),
     path("", include("chat.account_urls")),
+    path("", include("batches.urls")),
     path("", include("chat.urls")),
 ]
 # Plugins mount their own pages (e.g. the metrics plugin's /metrics).
