@@ -5,13 +5,15 @@ redone, and a line whose answer a dead worker cut (``interrupted``) runs again.
 
 A line is one chat completion request: its rows are made exactly as the API makes them
 (api.runner.create_rows, source "batch", priority "background"), with the owner's quotas checked
-then. Quota policy: a refusal for tokens (day or month) fails that line with the quota's message;
-a refusal for the rate or the number of answers at once pauses the batch until the next tick.
+then. Quota policy: a refusal for tokens (day or month) fails that line with the quota's message
+(error code insufficient_quota); a refusal for the rate or the number of answers at once pauses
+the batch until the next tick. A batch never takes the owner's last fifth of their requests per
+minute nor their last concurrent answer (``people_headroom``): their own chats still start.
 """
 import json
 import logging
-import socket
 import os
+import socket
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -129,7 +131,7 @@ def advance(batch, driver=""):
     if batch.status == S.IN_PROGRESS and batch.expires_at and now >= batch.expires_at:
         _expire(batch)
     _collect(batch)
-    if batch.status == S.IN_PROGRESS:
+    if batch.status == S.IN_PROGRESS and not batch.expired_at:
         _fill(batch)
     _count(batch)
     open_lines = BatchLine.objects.filter(batch=batch, status__in=(L.QUEUED, L.STARTING, L.RUNNING)).exists()
@@ -149,9 +151,7 @@ def _expire(batch):
         status=L.CANCELLED, finished_at=now,
         error={"code": "batch_expired", "message": "This request could not be executed before the completion window "
                                                    "expired."})
-    _stop_running(batch)
-    Batch.objects.filter(pk=batch.pk).update(status=S.CANCELLING)
-    batch.status = S.CANCELLING
+    _stop_running(batch)  # the batch stays in_progress until they have ended, then expires
 
 
 def _plan(line):
@@ -180,7 +180,7 @@ def _fill(batch):
     # A driver that died between claiming a line and making its rows.
     BatchLine.objects.filter(batch=batch, status=L.STARTING, started_at__lt=stale).update(status=L.QUEUED)
     busy = BatchLine.objects.filter(batch=batch, status__in=(L.STARTING, L.RUNNING)).count()
-    room = settings.SMOLSITE_BATCH_IN_FLIGHT - busy
+    room = min(settings.SMOLSITE_BATCH_IN_FLIGHT - busy, people_headroom(batch.owner_id))
     if room <= 0:
         return
     for line in list(BatchLine.objects.filter(batch=batch, status=L.QUEUED).order_by("index")[:room]):
@@ -214,6 +214,29 @@ def _fill(batch):
                 actions.fail_pending(message_id, f"Could not queue the answer: {str(exc) or type(exc).__name__}")
 
 
+def people_headroom(user_id):
+    """How many more lines may start now while leaving the owner room for their own chats: a
+    fifth (at least one) of their requests per minute and one of their concurrent answers stay
+    free for them (when those limits are set and above one)."""
+    from django_ratelimit.core import get_usage
+
+    from usage.models import UserQuota
+    from usage.quotas import RATE_GROUP, effective_limits, in_flight
+
+    limits = effective_limits(UserQuota.objects.filter(user_id=user_id).first())
+    room = settings.SMOLSITE_BATCH_IN_FLIGHT
+    limit = limits.requests_per_minute
+    if limit is not None:
+        usage = get_usage(None, group=RATE_GROUP, key=lambda group, request: str(user_id), rate=f"{limit}/m",
+                          increment=False)
+        used = (usage or {}).get("count") or 0
+        room = min(room, limit - (max(1, limit // 5) if limit > 1 else 0) - used)
+    limit = limits.concurrent_generations
+    if limit is not None:
+        room = min(room, limit - (1 if limit > 1 else 0) - in_flight(user_id)[0])
+    return room
+
+
 def _end_line(line, status, response, error, tokens=0):
     BatchLine.objects.filter(pk=line.pk).update(status=status, response=response, error=error,
                                                 completion_tokens=tokens, finished_at=timezone.now())
@@ -238,7 +261,8 @@ def _finish_line(batch, line, rows):
     statuses = {(r or {}).get("status") for r in rows}
     if None in statuses:
         return _end_line(line, L.FAILED, None, {"code": "deleted", "message": "The answer was deleted."}, tokens)
-    if Message.Status.STOPPED in statuses or (batch.status == S.CANCELLING and Message.Status.INTERRUPTED in statuses):
+    stopping = batch.status == S.CANCELLING or batch.expired_at
+    if Message.Status.STOPPED in statuses or (stopping and Message.Status.INTERRUPTED in statuses):
         code = "batch_expired" if batch.expired_at else "batch_cancelled"
         return _end_line(line, L.CANCELLED, None, {"code": code, "message": "The batch was stopped while this line "
                                                                             "ran."}, tokens)
