@@ -334,11 +334,25 @@ def drivable(driver=""):
     return active.filter(Q(driver="") | Q(driver_seen__lt=stale) | Q(driver_seen__isnull=True))
 
 
+def adopt(batch):
+    """Take over the batch of a command-line driver that went away. Embedded, its answers still
+    queued were in that process's worker, which is gone with it: they run again here."""
+    Batch.objects.filter(pk=batch.pk).update(driver="", driver_seen=None)
+    batch.driver = ""
+    if not settings.REDIS_URL:
+        ids = [mid for ids in BatchLine.objects.filter(batch=batch, status=L.RUNNING).values_list("message_ids", flat=True)
+               for mid in ids]
+        Message.objects.filter(pk__in=ids, status=Message.Status.PENDING).update(
+            status=Message.Status.INTERRUPTED, error="The command that ran this batch stopped.",
+            finished_at=timezone.now())
+    logger.warning("batch %s: its driver went away; the site's driver goes on with it", batch.pk)
+
+
 def tick(driver=""):
     for batch in list(drivable(driver)):
         try:
             if batch.driver and not driver:
-                Batch.objects.filter(pk=batch.pk).update(driver="")  # adopted
+                adopt(batch)
             advance(batch, driver)
         except Exception:
             logger.exception("could not advance batch %s", batch.pk)

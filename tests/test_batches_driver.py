@@ -2,6 +2,7 @@
 window, the room left for the owner's own chats, interrupted lines run again and finished ones
 never, and the results written from the rows. Runs on SQLite and PostgreSQL."""
 import json
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -135,3 +136,18 @@ def test_a_token_quota_fails_the_line_and_the_ledger_says_batch(user, enqueued):
     service.advance(batch)
     batch.refresh_from_db()
     assert batch.status == "completed" and (batch.completed, batch.failed) == (1, 1)
+
+
+def test_the_site_adopts_the_batch_of_a_command_that_went_away(user, enqueued):
+    batch = service.create_batch(user, service.store_file(user, "in.jsonl", (json.dumps({
+        "custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": MODEL, "messages": [{"role": "user", "content": "q"}]}}) + "\n").encode()), driver="cli:h:1")
+    service.advance(batch, "cli:h:1")
+    assert len(enqueued) == 1
+    service.tick()  # the command was seen just now: not the site's
+    assert len(enqueued) == 1
+    Batch.objects.filter(pk=batch.pk).update(driver_seen=timezone.now() - timedelta(minutes=5))
+    service.tick()  # adopted: the answer queued in the gone process runs again here
+    service.tick()
+    assert len(enqueued) == 2 and Message.objects.get(pk=enqueued[0]).status == "interrupted"
+    assert Batch.objects.get(pk=batch.pk).driver == ""
