@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import jsonschema
 import openai
@@ -25,7 +27,9 @@ SMOL = "smollm2-135m"
 SLOW = "echo-slow"
 SETUP = """
 import json
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.test import Client
 from api.models import ApiKey
 from usage.models import UserQuota
 
@@ -34,7 +38,10 @@ for name, limits in (("alice", {}), ("bob", {}), ("tight", {"tokens_per_day": 60
     user = get_user_model().objects.create_user(name, password="pw-123456789")
     if limits:
         UserQuota.objects.create(user=user, **limits)
-    out[name] = ApiKey.create_for(user, f"{name}'s key")[1]
+    client = Client()
+    client.force_login(user)
+    out[name] = {"key": ApiKey.create_for(user, f"{name}'s key")[1],
+                 "session": client.cookies[settings.SESSION_COOKIE_NAME].value}
 print(json.dumps(out))
 """
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
@@ -61,7 +68,17 @@ def server(tmp_path_factory, default_model_path):
 
 
 def client_for(server, who="alice"):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys[who], max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys[who]["key"], max_retries=0, timeout=60)
+
+
+def page(server, path, who="alice"):
+    """(status, text) of a page with the user's session."""
+    request = urllib.request.Request(server.url + path, headers={"Cookie": f"sessionid={server.keys[who]['session']}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
 
 
 def query(server, sql, *args):
@@ -157,6 +174,23 @@ def test_cancel_keeps_finished_lines(server):
     assert {r["custom_id"] for r in stopped} | {r["custom_id"] for r in done} == {f"line-{i}" for i in range(12)}
     assert {r["error"]["code"] for r in stopped} == {"batch_cancelled"}
     assert not query(server, "SELECT id FROM chat_message m WHERE status IN ('pending', 'streaming')")
+
+
+def test_the_batches_page_shows_live_progress(server):
+    client = client_for(server)
+    batch = submit(client, [request_line(f"p{i}", model=SLOW, text=words(20, f"p{i}-"), max_tokens=100)
+                            for i in range(6)])
+    status, running = page(server, "/batches/list/")
+    assert status == 200 and 'hx-trigger="every 2s"' in running and "<progress" in running and batch.id in running
+    assert "tokens/s" in running or "0 done of 6" in running
+    wait_for(client, batch.id)
+    status, finished = page(server, "/batches/list/")
+    assert "hx-trigger" not in finished and "6 done of 6" in finished and "Results" in finished
+    assert "p0-0 p0-1" in finished  # the first results' preview
+    status, output = page(server, f"/batches/{batch.id}/output/")
+    assert status == 200 and len(output.splitlines()) == 6
+    assert page(server, f"/batches/{batch.id}/output/", "bob")[0] == 404
+    assert batch.id not in page(server, "/batches/", "bob")[1]
 
 
 def test_another_user_cannot_see_or_download(server):

@@ -82,3 +82,15 @@ def test_another_user_gets_404s(client, alice):
     assert client.get(f"/batches/{batch.id}/problems/").status_code == 404
     assert batch.id not in client.get("/batches/").content.decode()
     assert Batch.objects.get(pk=batch.id).status == "in_progress"
+
+
+def test_admins_see_every_batch_in_django_admin(client, alice):
+    upload(client, "prompts.jsonl", GOOD)
+    batch = Batch.objects.get(owner=alice)
+    admin = get_user_model().objects.create_superuser("root", password="pw-123456789")
+    client.force_login(admin)
+    listing = client.get("/admin/batches/batch/").content.decode()
+    assert batch.id in listing and "alice" in listing
+    assert client.get(f"/admin/batches/batch/{batch.id}/change/").status_code == 200
+    assert client.get("/admin/batches/batchline/").status_code == 200
+    assert client.get("/admin/batches/batchfile/").status_code == 200
