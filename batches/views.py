@@ -17,7 +17,8 @@ from . import service
 from .models import Batch, BatchLine
 from .validation import BatchInvalid, csv_to_jsonl
 
-PREVIEW = 3
+PREVIEW = 3  # first results shown per batch
+PREVIEW_BATCHES = 10  # the newest batches with results get a preview
 
 
 class UploadForm(forms.Form):
@@ -60,10 +61,9 @@ def _rows(user):
     batches = list(Batch.objects.filter(owner=user).select_related("input_file")[:50])
     now = timezone.now()
     previews = {}
-    for line in BatchLine.objects.filter(batch__in=[b for b in batches if b.completed], status=BatchLine.Status.DONE
-                                         ).order_by("batch_id", "index").only("batch_id", "custom_id", "response"):
-        items = previews.setdefault(line.batch_id, [])
-        if len(items) < PREVIEW:
+    for b in [b for b in batches if b.completed][:PREVIEW_BATCHES]:
+        items = previews[b.id] = []
+        for line in BatchLine.objects.filter(batch=b, status=BatchLine.Status.DONE).order_by("index")[:PREVIEW]:
             try:
                 text = line.response["body"]["choices"][0]["message"]["content"]
             except (KeyError, IndexError, TypeError):

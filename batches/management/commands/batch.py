@@ -105,9 +105,20 @@ class Command(BaseCommand):
                 self.stderr.write(f"Warning: no live device worker serves {', '.join(sorted(names - served))}; "
                                   "lines wait until one starts (make worker DEVICE=...).")
             return
+        import os
+
         from inference.embedded import get_worker
         from inference.models import get_model
 
+        for device in {get_model(name).device for name in batch.models_used.split(", ")}:
+            try:
+                pid = int((settings.VAR_DIR / f"worker-{device}.pid").read_text())
+                os.kill(pid, 0)
+            except (OSError, ValueError):
+                continue
+            self.stderr.write(f"Warning: the site's {device} worker (pid {pid}) is running: its reaper cannot see this "
+                              "command's worker and may cut its answers (they are then run again). Stop the site, or "
+                              "use REDIS_URL.")
         for name in batch.models_used.split(", "):
             worker = get_worker(get_model(name).device)  # a thread worker of this process
             worker.ready.wait(300)
