@@ -130,6 +130,8 @@ def advance(batch, driver=""):
         Batch.objects.filter(pk=batch.pk).update(driver=driver, driver_seen=now)
     if batch.status == S.IN_PROGRESS and batch.expires_at and now >= batch.expires_at:
         _expire(batch)
+    if batch.status == S.CANCELLING or batch.expired_at:
+        _stop_running(batch)  # also a line a driver was starting while the batch was cancelled
     _collect(batch)
     if batch.status == S.IN_PROGRESS and not batch.expired_at:
         _fill(batch)
