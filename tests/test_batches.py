@@ -278,6 +278,23 @@ def test_chat_jumps_ahead_of_a_batch_that_fills_the_slots(server):
     assert len(background) == 4 and busy < max(background)
 
 
+def test_a_server_restart_mid_batch_loses_nothing(server):
+    """Last of the module's server tests: the web process (and its worker) stops mid-batch; the
+    restarted one's driver goes on, re-running only what was cut."""
+    client = client_for(server)
+    lines = [request_line(f"r{i}", model=SLOW, text=words(30, f"r{i}-"), max_tokens=100) for i in range(8)]
+    batch = submit(client, lines)
+    wait_for(client, batch.id, lambda b: b.request_counts.completed >= 2)
+    server.stop()
+    server.start()
+    batch = wait_for(client, batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 8, batch
+    out = records(client, batch.output_file_id)
+    assert sorted(r["custom_id"] for r in out) == sorted(f"r{i}" for i in range(8))
+    assert all(r["response"]["body"]["choices"][0]["message"]["content"] == words(30, r["custom_id"] + "-")
+               for r in out)
+
+
 def test_command_line_runs_a_file_and_ctrl_c_cancels(tmp_path, default_model_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update({"SQLITE_PATH": str(tmp_path / "db.sqlite3"), "SMOLSITE_VAR_DIR": str(tmp_path),
