@@ -44,7 +44,9 @@ class MessageStore(JobStore):
             thinking=conv.thinking,
             group=conv.group_name,
             session_key=f"conversation-{conv.pk}",
-            user_key=f"user-{conv.owner_id}",
+            # Background work (batches) is queued as its own "user": the engine's per-user cap
+            # then never makes a person's chat wait behind their own batch.
+            user_key=f"user-{conv.owner_id}" + (":batch" if opts.get("priority") == "background" else ""),
             priority=opts.get("priority", "interactive"),
             grammar=opts.get("grammar", ""),
             raw_prompt=messages[-1]["content"] if opts.get("raw") and messages else None,

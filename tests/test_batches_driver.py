@@ -151,3 +151,20 @@ def test_the_site_adopts_the_batch_of_a_command_that_went_away(user, enqueued):
     service.tick()
     assert len(enqueued) == 2 and Message.objects.get(pk=enqueued[0]).status == "interrupted"
     assert Batch.objects.get(pk=batch.pk).driver == ""
+
+
+def test_batch_lines_are_queued_apart_from_their_owners_chats(user, enqueued):
+    """The engine caps running generations per user key; a batch line's key is the owner's with
+    ':batch', so a person's chat never waits behind their own batch for that cap."""
+    from chat.models import Conversation
+    from chat.store import MessageStore
+
+    batch = make(user, 1)
+    service.advance(batch)
+    request = MessageStore().claim(enqueued[0], "w1")
+    assert (request.priority, request.user_key) == ("background", f"user-{user.pk}:batch")
+    conv = Conversation.objects.create(owner=user, model=MODEL)
+    ask = Message.objects.create(conversation=conv, role="user", content="hi")
+    reply = Message.objects.create(conversation=conv, parent=ask, role="assistant", status="pending", model_name=MODEL)
+    chat = MessageStore().claim(reply.pk, "w1")
+    assert (chat.priority, chat.user_key) == ("interactive", f"user-{user.pk}")
