@@ -10,6 +10,7 @@ walks the schema the same way and refuses whatever that branch would drop. Answe
 validated with ``jsonschema`` as a second guard.
 """
 import copy
+import functools
 import json
 
 import jsonschema
@@ -179,7 +180,27 @@ def check(schema):
 
 
 def grammar_for_schema(schema):
-    """The GBNF text enforcing ``schema``; SchemaError when it cannot be enforced."""
+    """The GBNF text enforcing ``schema``; SchemaError when it cannot be enforced. Recent schemas'
+    grammars are kept (a batch file repeats one schema on every line; converting takes ~2 ms)."""
+    try:
+        key = json.dumps(schema)
+    except (TypeError, ValueError, RecursionError):
+        key = None
+    if key is None or len(key) > 100_000:
+        return _grammar_for_schema(schema)
+    return _cached_grammar(key)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_grammar(key):
+    try:
+        schema = json.loads(key)
+    except RecursionError:
+        raise SchemaError("the schema is too deeply nested or recursive to convert") from None
+    return _grammar_for_schema(schema)
+
+
+def _grammar_for_schema(schema):
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     check(schema)
