@@ -108,7 +108,17 @@ async def file_content(request, file_id):
     return response
 
 
-def _create(data, key):
+def _create_batch(data, key, input_file, checked):
+    try:
+        batch = service.create_batch(key.user, input_file, data["endpoint"], data.get("completion_window"),
+                                     data.get("metadata"), api_key=key, checked=checked)
+    except service.BatchRefused as exc:
+        kind = "rate_limit_exceeded" if exc.status == 429 else "invalid_request_error"
+        raise ApiError(exc.status, exc.message, kind, exc.param, exc.code) from None
+    return batch.as_api()
+
+
+def _input_file(data, key):
     file_id = data.get("input_file_id")
     if not isinstance(file_id, str) or not file_id:
         raise invalid("'input_file_id' is required: the id POST /v1/files returned.", "input_file_id")
@@ -118,13 +128,7 @@ def _create(data, key):
     input_file = BatchFile.objects.filter(pk=file_id, owner_id=key.user_id).first()
     if input_file is None:
         raise ApiError(404, f"No such File object: {file_id[:100]}", param="input_file_id", code="file_not_found")
-    try:
-        batch = service.create_batch(key.user, input_file, endpoint, data.get("completion_window"),
-                                     data.get("metadata"), api_key=key)
-    except service.BatchRefused as exc:
-        kind = "rate_limit_exceeded" if exc.status == 429 else "invalid_request_error"
-        raise ApiError(exc.status, exc.message, kind, exc.param, exc.code) from None
-    return batch.as_api()
+    return input_file
 
 
 @api_view("GET", "POST")
@@ -135,7 +139,12 @@ async def batches(request):
         import asyncio
 
         remember_server_loop(asyncio.get_running_loop())  # for the driver thread's enqueues
-        return JsonResponse(await sync_to_async(_create)(parse_body(request), key))
+        data = parse_body(request)
+        input_file = await sync_to_async(_input_file)(data, key)
+        # Checking every line takes seconds for a big file: not on the thread all database work shares.
+        checked = await sync_to_async(service.check_file, thread_sensitive=False)(bytes(input_file.data),
+                                                                                   data["endpoint"])
+        return JsonResponse(await sync_to_async(_create_batch)(data, key, input_file, checked))
     queryset = Batch.objects.filter(owner_id=key.user_id)
     return JsonResponse(await sync_to_async(_page)(queryset, request, Batch))
 

@@ -58,9 +58,10 @@ def store_file(user, filename, data, purpose="batch"):
 
 
 def create_batch(user, input_file, endpoint="/v1/chat/completions", completion_window="24h", metadata=None,
-                 api_key=None, driver=""):
+                 api_key=None, driver="", checked=None):
     """Validate every line, then (all good) make the batch and its lines in progress; with any
-    bad line the batch is made ``failed`` with the list of errors and nothing runs."""
+    bad line the batch is made ``failed`` with the list of errors and nothing runs. ``checked``:
+    what ``check_file`` already returned for this file (validated off the database thread)."""
     if completion_window not in WINDOWS:
         raise BatchRefused(400, "'completion_window' must be \"24h\".", "completion_window", "invalid_value")
     if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or any(
@@ -80,10 +81,9 @@ def create_batch(user, input_file, endpoint="/v1/chat/completions", completion_w
                                  input_file=input_file, metadata=metadata, created_at=now,
                                  expires_at=now + WINDOWS[completion_window], driver=driver,
                                  driver_seen=now if driver else None)
-    try:
-        lines = validate_jsonl(bytes(input_file.data), endpoint)
-    except BatchInvalid as exc:
-        Batch.objects.filter(pk=batch.pk).update(status=S.FAILED, errors=exc.errors, failed_at=timezone.now())
+    lines = checked if checked is not None else check_file(bytes(input_file.data), endpoint)
+    if isinstance(lines, BatchInvalid):
+        Batch.objects.filter(pk=batch.pk).update(status=S.FAILED, errors=lines.errors, failed_at=timezone.now())
         batch.refresh_from_db()
         return batch
     with transaction.atomic():
@@ -95,6 +95,14 @@ def create_batch(user, input_file, endpoint="/v1/chat/completions", completion_w
             models_used=", ".join(sorted({plan.model for _, _, plan in lines}))[:200])
     batch.refresh_from_db()
     return batch
+
+
+def check_file(data, endpoint="/v1/chat/completions"):
+    """The file's checked lines, or the BatchInvalid saying what is wrong (no database access)."""
+    try:
+        return validate_jsonl(data, endpoint)
+    except BatchInvalid as exc:
+        return exc
 
 
 def cancel(batch):
