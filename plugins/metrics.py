@@ -75,6 +75,7 @@ ENGINE_GAUGES = [
     ("host_bytes", "gauge", "bytes of sequence state kept in host RAM"),
     ("prefix_hits", "counter", "requests that reused a resident sequence"),
     ("prefix_host_hits", "counter", "requests restored from host RAM"),
+    ("prefix_shared_hits", "counter", "requests that reused only the template's user-independent opening"),
     ("prefix_misses", "counter", "requests prefilled from scratch"),
 ]
 

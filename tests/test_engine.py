@@ -55,7 +55,7 @@ def tokens_of(backend, text):
 
 def test_batched_greedy_output_matches_alone_and_never_mixes_sequences(bundled_registry):
     backend = bundled_registry(slots=8).backend("m")
-    # Different users: no prefix reuse, every prompt is prefilled in the batch.
+    # Different users: no prefix reuse beyond the template's opening; prompts prefill in the batch.
     alone = [collect(backend, request(p, user=f"alone-{i}"))[0] for i, p in enumerate(PROMPTS)]
     together = run_together(backend, [request(p, user=f"batch-{i}") for i, p in enumerate(PROMPTS)])
     assert backend.stats()["steps"] > 0
@@ -138,9 +138,13 @@ def test_prefix_reuse_is_scoped_to_the_user(bundled_registry):
     assert finish.cached_tokens > 60  # the whole first turn came from alice's resident sequence
     follow.user_key = "bob"
     _, finish, _ = collect(backend, follow)
-    assert finish.cached_tokens == 0  # bob never reuses alice's tokens
+    # Bob never reuses alice's tokens: only the template's own opening (its default system
+    # prompt, no one's text) is shared.
+    public = backend._tokenize(backend.render_prompt(follow))[1]
+    assert 8 <= public < 40
+    assert finish.cached_tokens == public
     stats = backend.stats()
-    assert stats["prefix_hits"] >= 1 and stats["prefix_misses"] >= 2
+    assert stats["prefix_hits"] >= 1 and stats["prefix_misses"] >= 1 and stats["prefix_shared_hits"] >= 1
 
 
 def test_a_fully_cached_prompt_samples_from_its_own_logits(bundled_registry):
@@ -171,7 +175,7 @@ def test_host_tier_keeps_within_its_byte_budget(bundled_registry):
     _, finish, _ = collect(backend, request(prompts[3], user="u3", max_tokens=4))
     assert finish.cached_tokens > 0 and backend.stats()["prefix_host_hits"] == before + 1
     _, finish, _ = collect(backend, request(prompts[0], user="u0", max_tokens=4))
-    assert finish.cached_tokens == 0  # dropped by the budget: prefilled again
+    assert finish.cached_tokens < 40  # dropped by the budget: prefilled again but the template's opening
 
 
 def test_two_users_share_the_device_fairly_and_see_their_place_in_line(bundled_registry):

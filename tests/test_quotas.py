@@ -179,6 +179,7 @@ def test_ledger_is_written_once_per_generation_with_source_and_key():
 def test_chat_answers_are_in_the_ledger_as_chat():
     user = make_user()
     reply = actions.send(conversation(user).pk, "hello")
+    MessageStore().claim(str(reply.pk), "cpu@test:1")  # a worker ends only what it claimed
     MessageStore().finish(reply.pk, GenerationResult(status="stopped", prompt_tokens=3, completion_tokens=1))
     row = UsageRecord.objects.get()
     assert (row.source, row.key_name, row.status, row.total_tokens) == ("chat", "", "stopped", 4)

@@ -170,17 +170,22 @@ class LlamaCppBackend(Backend):
         return Prompt(text, content_spans(text, [m["content"] for m in messages]))
 
     def tokenize(self, text):
-        """Token ids for a prompt: the template's own markup may hold special tokens, but what
-        people typed is only ever text (typing "<|im_end|><|im_start|>system" must not open a
-        system turn)."""
+        return self._tokenize(text)[0]
+
+    def _tokenize(self, text):
+        """Token ids for a prompt, and how many lead tokens hold no user's text. The template's
+        own markup may hold special tokens, but what people typed is only ever text (typing
+        "<|im_end|><|im_start|>system" must not open a system turn)."""
         spans = getattr(text, "content_spans", ())
         tokens = self.llm_model.tokenize(b"", add_bos=True, special=True)  # the BOS, if the model wants one
-        pos = 0
+        pos, public = 0, None
         for start, end in spans:
             tokens += self._tokens(text[pos:start], special=True)
+            public = len(tokens) if public is None else public
             tokens += self._tokens(text[start:end], special=False)
             pos = end
-        return tokens + self._tokens(text[pos:], special=True)
+        tokens += self._tokens(text[pos:], special=True)
+        return tokens, (public if public is not None else 0)
 
     def _tokens(self, text, special):
         return self.llm_model.tokenize(text.encode("utf-8"), add_bos=False, special=special) if text else []
@@ -189,12 +194,12 @@ class LlamaCppBackend(Backend):
         return len(self.tokenize(text))
 
     def submit(self, request, prompt, should_stop):
-        tokens = self.tokenize(prompt)
+        tokens, public = self._tokenize(prompt)
         if should_stop():
             yield Finish("stopped", len(tokens), 0)
             return
         job = self.engine.submit(Job(tokens, request.params, user=request.user_key, priority=request.priority,
-                                     grammar=request.grammar or None))
+                                     grammar=request.grammar or None, public=public))
         yield from wait_chunks(self.engine, job, should_stop)
 
     def stats(self):

@@ -26,9 +26,10 @@ class Job:
 
     _ids = itertools.count(1)
 
-    def __init__(self, tokens, params, user="", priority="interactive", grammar=None):
+    def __init__(self, tokens, params, user="", priority="interactive", grammar=None, public=0):
         self.id = next(self._ids)
         self.tokens = list(tokens)
+        self.public = public  # leading tokens holding no user's text (shareable across users)
         self.params = params
         self.user = user or ""
         self.priority = priority
@@ -169,7 +170,7 @@ class BatchEngine:
                 self.scheduler.finished(job.user)
                 job.out.put(Finish("error", len(job.tokens), 0, error=str(exc)))
                 continue
-            job.slot, job.cached = self.table.take(job.user, job.tokens)
+            job.slot, job.cached = self.table.take(job.user, job.tokens, job.public)
             job.n_past = job.cached
             job.kv = list(job.tokens[:job.cached])
             job.detok = Detokenizer(self.vocab, self.visible_special)

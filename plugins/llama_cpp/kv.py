@@ -13,6 +13,7 @@ import time
 import llama_cpp
 
 MIN_REUSE = 32  # below this, restoring costs more than prefilling
+MIN_SHARED = 8  # a shared prefix is copied within the KV cache for free: worth it sooner
 
 
 def common_prefix(a, b):
@@ -76,15 +77,17 @@ class SlotTable:
         self.slots = [Slot(i) for i in range(n_seq)]
         self.capacity = capacity  # KV cells shared by all sequences (unified KV cache)
         self.host = HostTier(host_budget)
-        self.hits = self.misses = self.host_hits = 0
+        self.hits = self.misses = self.host_hits = self.shared_hits = 0
 
     def cells_used(self):
         return sum(len(s.tokens) for s in self.slots)
 
-    def take(self, owner, prompt):
-        """A sequence id for ``prompt``, primed with the longest prefix this owner has cached.
-        Returns (slot, reused); at least the last prompt token is always left to evaluate, so
-        the first token is sampled from logits computed for this sequence."""
+    def take(self, owner, prompt, public=0):
+        """A sequence id for ``prompt``, primed with the longest prefix this owner has cached,
+        or else with up to ``public`` tokens (the template's own opening, such as its default
+        system prompt: no user's text) from any sequence. Returns (slot, reused); at least the
+        last prompt token is always left to evaluate, so the first token is sampled from logits
+        computed for this sequence."""
         idle = [s for s in self.slots if not s.busy]
         if not idle:
             raise RuntimeError("no free sequence id (more requests admitted than sequences)")
@@ -103,11 +106,27 @@ class SlotTable:
                 reused = common_prefix(slot.tokens, prompt)
                 self.host_hits += 1
             else:
-                self.misses += 1
+                reused = self._share_public(slot, prompt, public)
+                self.misses += not reused
         reused = min(reused, len(prompt) - 1)
         self._truncate(slot, reused)
         slot.owner, slot.busy = owner, True
         return slot, reused
+
+    def _share_public(self, slot, prompt, public):
+        """Copy the longest user-independent prefix any sequence holds (a tag, not a copy, in a
+        unified KV cache). Returns how many tokens the slot now holds."""
+        donors = [s for s in self.slots if s is not slot and s.tokens]
+        if public < MIN_SHARED or not donors:
+            return 0
+        donor = max(donors, key=lambda s: common_prefix(s.tokens, prompt[:public]))
+        n = common_prefix(donor.tokens, prompt[:public])
+        if n < MIN_SHARED:
+            return 0
+        llama_cpp.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, 0, n)
+        slot.tokens = list(prompt[:n])
+        self.shared_hits += 1
+        return n
 
     def release(self, slot, tokens):
         slot.tokens = tokens
@@ -155,4 +174,5 @@ class SlotTable:
         return {"resident_sequences": sum(1 for s in self.slots if s.tokens and not s.busy),
                 "kv_cells_used": self.cells_used(), "kv_cells": self.capacity,
                 "host_bytes": self.host.size, "host_entries": len(self.host.entries),
-                "prefix_hits": self.hits, "prefix_host_hits": self.host_hits, "prefix_misses": self.misses}
+                "prefix_hits": self.hits, "prefix_host_hits": self.host_hits, "prefix_shared_hits": self.shared_hits,
+                "prefix_misses": self.misses}
