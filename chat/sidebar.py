@@ -92,7 +92,8 @@ def _message_hits(user, query):
 
 
 def search(user, query=""):
-    conversations = Conversation.objects.filter(owner=user)
+    # A batch's lines are conversations too, thousands of them: the Batches page shows those.
+    conversations = Conversation.objects.filter(owner=user).exclude(source="batch")
     query = clean_query(query)
     first_hit = {}  # conversation id -> its earliest matching message among the hits
     if query:

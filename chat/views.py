@@ -38,7 +38,7 @@ def _own(request, pk):
 
 def _model_for_new_chat(user):
     """The model of the user's latest chat, so picking a model sticks across new chats."""
-    latest = Conversation.objects.filter(owner=user).order_by("-updated_at").values_list("model", flat=True).first()
+    latest = Conversation.objects.filter(owner=user).exclude(source="batch").order_by("-updated_at").values_list("model", flat=True).first()
     try:
         return get_model(latest).name
     except UnknownModel:
@@ -57,7 +57,7 @@ def _settings_context(conv, form=None, saved=False):
 
 @login_required
 def index(request):
-    conv = Conversation.objects.filter(owner=request.user).order_by("-updated_at").first()
+    conv = Conversation.objects.filter(owner=request.user).exclude(source="batch").order_by("-updated_at").first()
     if conv is None:
         conv = Conversation.objects.create(owner=request.user, model=_model_for_new_chat(request.user))
     return redirect("chat:conversation", pk=conv.pk)

@@ -210,9 +210,13 @@ def test_sidebar_lists_own_chats_newest_first(client, alice):
     for i, title in enumerate(["Oldest", "Middle", "Newest"]):
         make_conversation(alice, title, updated_at=now - timedelta(minutes=10 - i))
     make_conversation(make_user("bob"), "Bob's chat")
+    # A batch's lines are conversations too; they live on the Batches page, not in the sidebar,
+    # and the chat page never opens one by default.
+    make_conversation(alice, "Batch line", source="batch", updated_at=now)
     html = client.get(reverse("chat:list"), **HX).content.decode()
     titles = re.findall(r'<span class="conv-title">([^<]*)</span>', html)
     assert titles == ["Newest", "Middle", "Oldest"]
+    assert "Batch line" not in client.get(reverse("chat:index"), follow=True).content.decode()
 
 
 def test_stats_and_states_render_under_answers(client, alice):
