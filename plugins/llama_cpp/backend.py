@@ -65,7 +65,8 @@ class LlamaCppBackend(Backend):
         self.info = None
         self.template = None
         self.slots = _setting(model, "slots", "SMOLSITE_SLOTS", 8)
-        self.batch_tokens = _setting(model, "batch_tokens", "SMOLSITE_BATCH_TOKENS", 256)
+        self.batch_tokens = _setting(model, "batch_tokens", "SMOLSITE_BATCH_TOKENS", 512)
+        self.chunk_tokens = _setting(model, "chunk_tokens", "SMOLSITE_CHUNK_TOKENS", 128)
         self.kv_tokens = max(model.n_ctx, _setting(model, "kv_tokens", "SMOLSITE_KV_TOKENS", 16384))
         self.per_user = _setting(model, "user_concurrency", "SMOLSITE_USER_CONCURRENCY", 4)
         self.state_cache_mb = _setting(model, "state_cache_mb", "SMOLSITE_STATE_CACHE_MB", 512)
@@ -102,6 +103,7 @@ class LlamaCppBackend(Backend):
         self.template = ChatTemplate(self.info.chat_template, bos_token=self._token_text(self.llm_model.token_bos()),
                                      eos_token=self._token_text(self.llm_model.token_eos()))
         self.engine = BatchEngine(self.llm_model, ctx, slots=self.slots, batch_tokens=self.batch_tokens,
+                                  chunk_tokens=self.chunk_tokens,
                                   per_user=self.per_user, capacity=self.kv_tokens,
                                   host_budget=self.state_cache_mb * 1024 * 1024,
                                   visible_special=self._visible_special_tokens(), name=self.model.name)

@@ -52,12 +52,15 @@ class Job:
 
 class BatchEngine:
     def __init__(self, model, ctx, *, slots, batch_tokens, per_user, capacity, host_budget,
-                 visible_special=(), name="engine"):
+                 chunk_tokens=None, visible_special=(), name="engine"):
         self.model = model  # llama_cpp._internals.LlamaModel (tokenizer and vocab)
         self.ctx = ctx  # a raw llama_context pointer owned by this engine's thread
         self.vocab = model.vocab
         self.slots_max = slots
         self.batch_tokens = batch_tokens
+        # While others are streaming, a prompt advances this many tokens a step (their next token
+        # waits for the whole step); alone, it takes the full batch and prefills at full speed.
+        self.chunk_tokens = min(chunk_tokens or batch_tokens, batch_tokens)
         self.visible_special = set(visible_special)
         self.table = SlotTable(ctx, n_seq=slots * 2, capacity=capacity, host_budget=host_budget)
         self.scheduler = Scheduler(per_user=per_user)
@@ -198,6 +201,8 @@ class BatchEngine:
             if job.pending is not None:
                 rows.append((job, job.pending, len(job.kv), True))
         budget = self.batch_tokens - len(rows)
+        if rows:
+            budget = min(budget, self.chunk_tokens)
         # Prompt chunks, starting with a different sequence each step so two long prompts share.
         prefilling = [j for j in jobs if j.n_past < len(j.tokens)]
         if prefilling:
