@@ -441,8 +441,10 @@ def test_a_key_reaches_only_its_own_users_conversations_and_cache(server):
     first = alice.chat.completions.create(model=SMOL, messages=question, max_tokens=3, temperature=0)
     theirs = bob.chat.completions.create(model=SMOL, messages=question, max_tokens=3, temperature=0)
     again = alice.chat.completions.create(model=SMOL, messages=question, max_tokens=3, temperature=0)
-    assert theirs.usage.prompt_tokens_details.cached_tokens == 0  # alice's prompt is not bob's cache
-    assert again.usage.prompt_tokens_details.cached_tokens > 0
+    # Alice's prompt is not bob's cache: at most the template's own opening (its default system
+    # prompt, nobody's text) is shared between users.
+    assert theirs.usage.prompt_tokens_details.cached_tokens < 32
+    assert again.usage.prompt_tokens_details.cached_tokens > theirs.usage.prompt_tokens_details.cached_tokens
     conv = server.message(message_id(first.id))["conversation_id"]
     owners = query(server, "SELECT u.username FROM chat_conversation c JOIN auth_user u ON u.id = c.owner_id "
                            "WHERE c.id = ?", conv)

@@ -152,7 +152,9 @@ def test_logging_out_in_another_page_signs_this_one_out(browser, server, account
         try:
             other.page.goto(server.url + "/")
             other.page.wait_for_selector("#composer-input")
-            other.page.click("form[action='/accounts/logout/'] button")
+            # A real click's actionability check can lose to the chat layout reflowing on a busy
+            # machine (the composer momentarily over the sidebar); the click itself is the point.
+            other.page.locator("form[action='/accounts/logout/'] button").dispatch_event("click")
             other.page.wait_for_url(re.compile(r"/accounts/login/"))
         finally:
             other.close()

@@ -332,7 +332,9 @@ async def test_greedy_generation_through_a_celery_worker_over_redis(worker, laye
     assert message.ttft is not None and message.tokens_per_second > 0
     assert message.backend_name == "llama_cpp"
 
-    # Greedy: the worker's answer is exactly what the same service produces in this process.
+    # Greedy: the worker's answer is exactly what the same service produces in this process
+    # (prefilled cold, as in the fresh worker: a prefix shared from another batch rounds differently).
+    await asyncio.to_thread(loaded_registry.backend(MODEL).engine.forget_cached)
     local, _ = await asyncio.to_thread(run_request, loaded_registry, make_request(MODEL, SHORT, max_tokens=48))
     assert local.text == message.content
     assert local.completion_tokens == message.completion_tokens
@@ -542,6 +544,7 @@ async def test_follow_ups_go_to_the_worker_holding_the_conversation(cpu_worker, 
         # A correct answer: what a cold engine in this process says to the same history.
         request = make_request(MODEL, "", max_tokens=16)
         request.messages = await database_sync_to_async(history_for)(last)
+        await asyncio.to_thread(loaded_registry.backend(MODEL).engine.forget_cached)
         local, _ = await asyncio.to_thread(run_request, loaded_registry, request)
         assert local.text == last.content
         await comm.disconnect()

@@ -68,6 +68,7 @@ class BatchEngine:
         self.batch = llama_cpp.llama_batch_init(batch_tokens + slots, 0, 1)
         self.cv = threading.Condition()
         self.closing = False
+        self.forget_requests = []
         self.steps = 0
         self.last_fill = 0.0
         self.thread = threading.Thread(target=self._run, name=f"smolsite-{name}", daemon=True)
@@ -88,6 +89,15 @@ class BatchEngine:
             job.cancel()
             self.cv.notify()
 
+    def forget_cached(self, timeout=30):
+        """Drop every finished sequence and the host-RAM tier, so the next prompts are prefilled
+        cold (for comparisons that must not depend on what ran before)."""
+        done = threading.Event()
+        with self.cv:
+            self.forget_requests.append(done)
+            self.cv.notify()
+        return done.wait(timeout)
+
     def close(self):
         with self.cv:
             self.closing = True
@@ -107,10 +117,16 @@ class BatchEngine:
     def _run(self):
         while True:
             with self.cv:
-                while not self.closing and not self.active and not len(self.scheduler):
+                while not self.closing and not self.active and not len(self.scheduler) \
+                        and not self.forget_requests:
                     self.cv.wait()
                 if self.closing:
                     break
+                if self.forget_requests and not self.active:
+                    self.table.forget_idle()
+                    for done in self.forget_requests:
+                        done.set()
+                    self.forget_requests = []
                 self._drop_cancelled_waiting()
                 self._admit()
                 jobs = list(self.active)

@@ -147,6 +147,14 @@ class SlotTable:
             self._evict(slot)
         return self.cells_used() + cells <= self.capacity
 
+    def forget_idle(self):
+        for slot in self.slots:
+            if not slot.busy:
+                self._truncate(slot, 0)
+                slot.owner = None
+        self.host.entries.clear()
+        self.host.size = 0
+
     def _truncate(self, slot, n):
         llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, n, -1)
         del slot.tokens[n:]
