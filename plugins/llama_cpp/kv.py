@@ -91,9 +91,8 @@ class SlotTable:
         idle = [s for s in self.slots if not s.busy]
         if not idle:
             raise RuntimeError("no free sequence id (more requests admitted than sequences)")
-        best = max((s for s in idle if s.owner == owner and s.tokens), default=None,
-                   key=lambda s: common_prefix(s.tokens, prompt))
-        reused = common_prefix(best.tokens, prompt) if best else 0
+        reused, best = max(((common_prefix(s.tokens, prompt), s) for s in idle if s.owner == owner and s.tokens),
+                           default=(0, None), key=lambda pair: pair[0])
         if best is not None and reused >= MIN_REUSE:
             slot = best
             self.hits += 1
@@ -119,8 +118,7 @@ class SlotTable:
         donors = [s for s in self.slots if s is not slot and s.tokens]
         if public < MIN_SHARED or not donors:
             return 0
-        donor = max(donors, key=lambda s: common_prefix(s.tokens, prompt[:public]))
-        n = common_prefix(donor.tokens, prompt[:public])
+        n, donor = max(((common_prefix(s.tokens, prompt[:public]), s) for s in donors), key=lambda pair: pair[0])
         if n < MIN_SHARED:
             return 0
         llama_cpp.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, 0, n)
