@@ -20,6 +20,8 @@ class Conversation(models.Model):
                                 related_name="conversations")
     # The message at the tip of the branch being shown; older branches stay reachable.
     current_leaf = models.ForeignKey("Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Kept chats are exempt from the retention policy (SMOLSITE_RETENTION_DAYS).
+    kept = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -96,6 +98,9 @@ class Message(models.Model):
     # Tokens this generation may still use (its max tokens), counted against the owner's token
     # quotas while it is pending or streaming.
     reserved_tokens = models.PositiveIntegerField(default=0)
+    # Admin review: a flag with a note, set by staff in the admin.
+    flagged = models.BooleanField(default=False, db_index=True)
+    review_note = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
