@@ -13,6 +13,9 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
+# The URLconf now, not at the first request: a plugin whose routes collide with the site's
+# refuses the start (smolsite.plugin_routes) instead of every request failing.
+import smolsite.urls  # noqa: E402,F401
 
 application = ProtocolTypeRouter(
     {

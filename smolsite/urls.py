@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from inference import health
 from inference.plugins import get_plugin_manager
+from smolsite.plugin_routes import mount as mount_plugin_routes
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -15,9 +16,9 @@ urlpatterns = [
     path("", include("batches.urls")),
     path("", include("chat.urls")),
 ]
-# Plugins mount their own pages (e.g. the metrics plugin's /metrics).
-for routes in get_plugin_manager().hook.register_routes():
-    urlpatterns[:0] = routes or []
+# Plugins mount their own pages (e.g. the metrics plugin's /metrics) after ours: one that would
+# answer a path of ours (/admin/, /accounts/login/, ...) refuses the start (smolsite.plugin_routes).
+mount_plugin_routes(urlpatterns, get_plugin_manager())
 
 # JSON errors under /v1/ (the API never answers with an HTML page), Django's pages elsewhere.
 handler400 = "api.errors.handler400"
