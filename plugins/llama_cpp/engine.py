@@ -45,6 +45,10 @@ class Job:
         self.produced = 0
         self.position = None
         self.sampler = self.detok = self.stops = None
+        # The engine's (steps, tokens decoded) when it was submitted, admitted and sampled its
+        # first token: how long it waited in engine units, which a busy machine cannot blur.
+        self.marks = {}
+        self.pauses = 0  # times a person's request took its slot (background jobs)
 
     def cancel(self):
         self.cancelled = True
@@ -70,6 +74,8 @@ class BatchEngine:
         self.closing = False
         self.forget_requests = []
         self.steps = 0
+        self.decoded = 0  # tokens through llama_decode, all sequences
+        self.preemptions = 0
         self.last_fill = 0.0
         self.thread = threading.Thread(target=self._run, name=f"smolsite-{name}", daemon=True)
         self.thread.start()
@@ -79,6 +85,7 @@ class BatchEngine:
         with self.cv:
             if self.closing:
                 raise RuntimeError("the engine is shut down")
+            self._mark(job, "submitted")
             self.scheduler.add(job, job.user, job.priority)
             self._announce_positions()
             self.cv.notify()
@@ -109,7 +116,8 @@ class BatchEngine:
     def stats(self):
         with self.cv:
             data = {"running": len(self.active), "waiting": len(self.scheduler), "slots": self.slots_max,
-                    "batch_fill": self.last_fill, "steps": self.steps}
+                    "batch_fill": self.last_fill, "steps": self.steps,
+                    "decoded_tokens": self.decoded, "preemptions": self.preemptions}
             data.update(self.table.stats())
         return data
 
@@ -169,6 +177,8 @@ class BatchEngine:
             self.scheduler.finished(job.user)
             self.scheduler.add_front(job, job.user, job.priority)
             job.position = None
+            job.pauses += 1
+            self.preemptions += 1
             changed = True
         return changed
 
@@ -179,6 +189,7 @@ class BatchEngine:
             if picked is None:
                 break
             job, _ = picked
+            self._mark(job, "admitted")
             if job.slot is not None:  # a paused sequence resumes where it stopped
                 self.active.append(job)
                 changed = True
@@ -240,6 +251,7 @@ class BatchEngine:
         self._fill_batch(rows)
         rc = llama_cpp.llama_decode(self.ctx, self.batch)
         self.steps += 1
+        self.decoded += len(rows)
         self.last_fill = len(rows) / self.batch_tokens
         if rc != 0:
             for job in {id(r[0]): r[0] for r in rows}.values():
@@ -263,7 +275,11 @@ class BatchEngine:
             b.logits[i] = wants_logits
         b.n_tokens = len(rows)
 
+    def _mark(self, job, what):
+        job.marks.setdefault(what, (self.steps, self.decoded))
+
     def _accept(self, job, token):
+        self._mark(job, "first_token")
         if llama_cpp.llama_vocab_is_eog(self.vocab, token):
             return self._finish(job, "stop")
         job.produced += 1
