@@ -164,21 +164,42 @@ def safe_name(title, fallback="conversation", limit=60):
     return text or fallback
 
 
-# A zip built in memory is capped: past this many bytes of message text the export stops adding
-# conversations and says so in its index, instead of growing without bound in the web process.
+# A zip built in memory (export_zip, the admin's action) is capped: past this many bytes of message
+# text it stops adding conversations and says so in its index. A user's own export streams
+# (iter_zip without a cap), holding one conversation at a time.
 MAX_EXPORT_BYTES = 256 * 1024 * 1024
 
 
-def export_zip(conversations, include_text=True, max_bytes=MAX_EXPORT_BYTES):
-    """A zip (bytes) with ``<id>-<title>.json`` and ``.md`` per conversation and an ``index.json``
-    (and ``README.md``) listing them. Names are unique: each starts with the conversation's id."""
-    buffer = io.BytesIO()
+class _Sink(io.RawIOBase):
+    """A write-only, unseekable file: zipfile then streams (data descriptors after each entry),
+    and what it wrote is taken out chunk by chunk."""
+
+    def __init__(self):
+        self._chunks = []
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self._chunks.append(bytes(data))
+        return len(data)
+
+    def take(self):
+        out, self._chunks = b"".join(self._chunks), []
+        return out
+
+
+def iter_zip(conversations, include_text=True, max_bytes=None):
+    """The zip of ``conversations`` as chunks of bytes (one or more per conversation): for each,
+    ``conversations/<id>-<title>.json`` and ``.md``; then ``index.json`` and ``README.md`` listing
+    them. Names are unique (each starts with the conversation's id) and plain ASCII."""
+    sink = _Sink()
     index, skipped, size = [], [], 0
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for conv in conversations:
             messages = _messages(conv)
             cost = sum(len(m.content) + len(m.reasoning) for m in messages)
-            if index and size + cost > max_bytes:
+            if max_bytes is not None and index and size + cost > max_bytes:
                 skipped.append(conv.pk)
                 continue
             size += cost
@@ -189,16 +210,22 @@ def export_zip(conversations, include_text=True, max_bytes=MAX_EXPORT_BYTES):
             index.append({"id": conv.pk, "title": data["title"], "source": conv.source, "model": conv.model,
                           "messages": len(messages), "updated_at": data["updated_at"],
                           "json": f"conversations/{stem}.json", "markdown": f"conversations/{stem}.md"})
+            yield sink.take()
         summary = {"format": "smolsite.export", "version": FORMAT_VERSION, "exported_at": _ts(timezone.now()),
                    "text_included": include_text, "count": len(index), "conversations": index,
                    "left_out_for_size": skipped}
         archive.writestr("index.json", json.dumps(summary, indent=2, ensure_ascii=False))
         readme = [f"# smolsite export, {summary['exported_at']}", "", f"{len(index)} conversation(s).", ""]
-        readme += [f"- [{row['title']}]({row['markdown']}) ({row['messages']} messages)" for row in index]
+        readme += [f"- {row['title']}: {row['markdown']} ({row['messages']} messages)" for row in index]
         if skipped:
             readme += ["", f"{len(skipped)} conversation(s) were left out: the export reached its size limit."]
         archive.writestr("README.md", "\n".join(readme) + "\n")
-    return buffer.getvalue()
+    yield sink.take()  # the central directory, written when the archive closes
+
+
+def export_zip(conversations, include_text=True, max_bytes=MAX_EXPORT_BYTES):
+    """The same zip as bytes, built in memory (capped at ``max_bytes`` of message text)."""
+    return b"".join(iter_zip(conversations, include_text, max_bytes=max_bytes))
 
 
 def user_conversations(user):
