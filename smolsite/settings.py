@@ -240,6 +240,14 @@ SMOLSITE_MODELS = json.loads(os.environ["SMOLSITE_MODELS"]) if os.environ.get("S
 SMOLSITE_DEFAULT_MODEL = os.environ.get("SMOLSITE_DEFAULT_MODEL", next(iter(SMOLSITE_MODELS)))
 # Plugins (entry-point names) not to load, e.g. "thinking,metrics".
 SMOLSITE_BLOCKED_PLUGINS = env_list("SMOLSITE_BLOCKED_PLUGINS")
+# Metrics (plugins.metrics): prometheus_client's multiprocess directory, one per host, set here so
+# it is in the environment before the library is imported in any process (web, worker child,
+# Celery worker); the token that /metrics accepts besides a staff session; a Celery worker's own
+# endpoint (SMOLSITE_METRICS_PORT, for workers on other hosts).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))
+SMOLSITE_METRICS_TOKEN = os.environ.get("SMOLSITE_METRICS_TOKEN", "")
+SMOLSITE_METRICS_PORT = int(os.environ.get("SMOLSITE_METRICS_PORT", "0") or 0)
+SMOLSITE_METRICS_ADDR = os.environ.get("SMOLSITE_METRICS_ADDR", "127.0.0.1")
 # Embedded mode: start the device workers, which load the models, with the server (off in tests,
 # which start workers themselves).
 SMOLSITE_EMBEDDED_WORKER = env_bool("SMOLSITE_EMBEDDED_WORKER", not REDIS_URL)

@@ -1,11 +1,19 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 # Under test only this distribution's plugins load (see inference.plugins).
 sys._called_from_test = True
 os.environ.setdefault("SMOLSITE_EMBEDDED_WORKER", "0")
+# Each test run counts into a metrics directory of its own (prometheus_client multiprocess mode,
+# plugins.metrics), not var/prometheus that a served site or another run on this host shares.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smolsite-metrics-")
+    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], True)
 
 
 @pytest.fixture(scope="session")
