@@ -9,7 +9,7 @@ PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/smolsite
 # The Redis database the scaled-out tests use (and flush): keep it for them alone.
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/13
 
-.PHONY: llama-cpp run test worker test-sqlite test-postgres test-redis bench install install-test services clean
+.PHONY: llama-cpp run test worker beat test-sqlite test-postgres test-redis bench install install-test services clean
 
 # llama-cpp-python is built from source once per version, CMake flags and CPU into $(WHEELHOUSE) and
 # installed from there (tools/llama_cpp_wheel.py says why: AMX off, pip's cache bypassed). The
@@ -54,8 +54,13 @@ run: install
 WORKER_THREADS ?= 32
 WORKER_NAME ?= $(DEVICE)
 worker: install
-	SMOLSITE_DEVICE=$(DEVICE) $(VENV)/bin/celery -A smolsite worker -Q device.$(DEVICE) -n $(WORKER_NAME)@%h \
+	SMOLSITE_DEVICE=$(DEVICE) $(VENV)/bin/celery -A smolsite worker -Q device.$(DEVICE),maintenance -n $(WORKER_NAME)@%h \
 	  --pool threads --concurrency $(WORKER_THREADS) --loglevel INFO
+
+# Scaled out: the periodic jobs (the retention pass, SMOLSITE_RETENTION_DAYS). Run exactly one per
+# site; it only schedules, and a `make worker` (maintenance queue) runs each job.
+beat: install
+	$(VENV)/bin/celery -A smolsite beat -s $(or $(SMOLSITE_VAR_DIR),var)/celerybeat-schedule --loglevel INFO
 
 # PostgreSQL and Redis are machine services; start them if something stopped them.
 services:

@@ -3,6 +3,7 @@ usage against their quotas."""
 from datetime import timedelta
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db.models import Sum
 from django.shortcuts import get_object_or_404, redirect, render
@@ -34,6 +35,7 @@ def _context(user, form=None, new_key=None):
         "usage": summary,
         "by_model": list(by_model),
         "now": timezone.now(),
+        "retention_days": settings.SMOLSITE_RETENTION_DAYS,  # said next to the export (chat.account_data)
     }
 
 

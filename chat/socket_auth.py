@@ -113,6 +113,12 @@ class SessionRecheckMixin:
         await self.close(code=code)
         return False
 
+    async def auth_recheck(self, event):
+        """A group event sent when the chat or its owner was just deleted (recheck_sockets):
+        check now rather than at the next idle re-check."""
+        self.auth_checked = 0.0
+        await self.still_allowed()
+
     async def allowed_for_events(self):
         if self.closing:
             return False
@@ -128,3 +134,26 @@ class SessionRecheckMixin:
                 await self.still_allowed()
             except Exception:  # a database hiccup: check again next time
                 logger.warning("could not re-check a chat socket's session", exc_info=True)
+
+
+def recheck_sockets(conversation_ids):
+    """Tell the open sockets of these chats to re-check now (their chat or their user was deleted),
+    from any thread: on the web server's loop when known (the in-memory layer is not thread-safe),
+    else on a loop of this process's own (Redis layers)."""
+    from channels.layers import get_channel_layer
+
+    from inference.publish import publish_loop
+
+    layer = get_channel_layer()
+    ids = list(conversation_ids)
+    if layer is None or not ids:
+        return
+
+    async def send():
+        for pk in ids:
+            try:
+                await layer.group_send(f"conv.{pk}", {"type": "auth.recheck"})
+            except Exception:  # the idle re-check closes them within SMOLSITE_WS_AUTH_SECONDS anyway
+                logger.warning("could not ask chat %s's sockets to re-check", pk, exc_info=True)
+
+    asyncio.run_coroutine_threadsafe(send(), publish_loop())

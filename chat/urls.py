@@ -13,6 +13,7 @@ urlpatterns = [
     path("c/<int:pk>/item/", views.conversation_item, name="item"),
     path("c/<int:pk>/rename/", views.rename, name="rename"),
     path("c/<int:pk>/delete/", views.delete, name="delete"),
+    path("c/<int:pk>/keep/", views.keep, name="keep"),
     path("c/<int:pk>/settings/", views.update_settings, name="settings"),
     path("c/<int:pk>/model/", views.choose_model, name="model"),
     path("c/<int:pk>/branch/", views.branch, name="branch"),

@@ -165,6 +165,22 @@ def delete(request, pk):
 
 @login_required
 @require_POST
+def keep(request, pk):
+    """Mark a chat kept (exempt from the retention policy) or not: ``kept`` is "1" or "0"."""
+    conv = _own(request, pk)
+    value = request.POST.get("kept")
+    if value not in ("0", "1"):
+        return HttpResponse("Say kept=1 or kept=0.", status=400, content_type="text/plain; charset=utf-8")
+    conv.kept = value == "1"
+    conv.save(update_fields=["kept"])
+    if not request.htmx:
+        return redirect("chat:conversation", pk=conv.pk)
+    return render(request, "chat/_conversation_item.html",
+                  {"entry": {"conversation": conv, "snippet": ""}, "current_id": _current_id(request)})
+
+
+@login_required
+@require_POST
 def update_settings(request, pk):
     conv = _own(request, pk)
     features = conversation_features(conv)

@@ -266,6 +266,11 @@ SMOLSITE_MAX_MESSAGE_CHARS = int(os.environ.get("SMOLSITE_MAX_MESSAGE_CHARS", "3
 SMOLSITE_STALE_SECONDS = int(os.environ.get("SMOLSITE_STALE_SECONDS", "600"))
 # A queued message whose model no live worker holds fails after this long (instead of waiting forever).
 SMOLSITE_QUEUE_SECONDS = int(os.environ.get("SMOLSITE_QUEUE_SECONDS", "120"))
+# Retention: conversations with no activity for this many days are deleted with their messages
+# (kept chats and ones still generating excepted); 0 keeps everything. Checked every
+# SMOLSITE_RETENTION_INTERVAL seconds (Celery beat scaled out, a thread of the web process embedded).
+SMOLSITE_RETENTION_DAYS = float(os.environ.get("SMOLSITE_RETENTION_DAYS", "0") or 0)
+SMOLSITE_RETENTION_INTERVAL = float(os.environ.get("SMOLSITE_RETENTION_INTERVAL", "3600"))
 
 # The OpenAI-compatible API (docs/api.md): max_tokens when a request gives none, the largest n
 # (choices per request; the batching engine serves them together).

@@ -22,6 +22,11 @@ def start_services():
         # Worker processes also end on their own when this one dies (their socket closes).
         atexit.register(stop_all)
     start_reaper()
+    if not settings.REDIS_URL:
+        # Embedded, the retention pass runs on a timer here; scaled out, Celery beat runs it (make beat).
+        from chat.retention import start_retention
+
+        start_retention()
     if settings.SMOLSITE_BATCH_DRIVER:
         from batches.driver import start_driver
 

@@ -1,0 +1,121 @@
+"""A user's own data from the account page: export every conversation as a zip, and delete the
+account with everything in it."""
+import logging
+
+from asgiref.sync import sync_to_async
+from django import forms
+from django.contrib.auth import get_user_model, logout
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.http import StreamingHttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods
+
+from inference import dispatch
+
+from .export import iter_zip, safe_name, user_conversations
+from .models import Conversation, Message
+from .socket_auth import recheck_sockets
+
+logger = logging.getLogger(__name__)
+
+
+async def _stream(chunks):
+    """Hand a synchronous generator's chunks out one by one to an ASGI server: Django would
+    otherwise read a synchronous iterator into a list first (the whole zip in memory). Each
+    step runs in the request's thread, which holds its database connection."""
+    step = sync_to_async(next, thread_sensitive=True)
+    try:
+        while True:
+            chunk = await step(chunks, None)
+            if chunk is None:
+                return
+            if chunk:
+                yield chunk
+    finally:
+        await sync_to_async(chunks.close, thread_sensitive=True)()
+
+
+@login_required
+@require_GET
+def export_data(request):
+    """All the user's conversations (chat, API and batch), each as JSON and Markdown, in a zip that
+    is streamed as it is made (one conversation in memory at a time)."""
+    user = request.user
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    name = f"smolsite-{safe_name(user.get_username(), 'user')}-{stamp}.zip"
+    conversations = user_conversations(user).iterator(chunk_size=100)
+    response = StreamingHttpResponse(_stream(iter_zip(conversations)), content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+class DeleteAccountForm(forms.Form):
+    password = forms.CharField(widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+                               label="Your password", help_text="To confirm it is you.")
+    confirm = forms.BooleanField(label="I understand that my chats, API keys, batches and usage records are "
+                                       "deleted for good.")
+
+    def __init__(self, user, *args, **kwargs):
+        self.user = user
+        super().__init__(*args, **kwargs)
+
+    def clean_password(self):
+        password = self.cleaned_data["password"]
+        if not self.user.check_password(password):
+            raise forms.ValidationError("That is not your password.")
+        return password
+
+    def clean(self):
+        cleaned = super().clean()
+        others = get_user_model().objects.filter(is_superuser=True, is_active=True).exclude(pk=self.user.pk)
+        if self.user.is_superuser and not others.exists():
+            raise forms.ValidationError("You are the only administrator: make someone else an administrator "
+                                        "(in /admin/) before deleting your account.")
+        return cleaned
+
+
+def _stop_everything(user):
+    """Stop the user's answers and batches before their rows go, so no worker keeps generating
+    for a deleted account."""
+    from batches import service as batch_service
+    from batches.models import Batch
+
+    for batch in Batch.objects.filter(owner=user, status__in=Batch.ACTIVE):
+        try:
+            batch_service.cancel(batch)
+        except Exception:
+            logger.exception("could not cancel batch %s of a deleted account", batch.pk)
+    active = Message.objects.filter(conversation__owner=user, status__in=Message.ACTIVE).values_list("pk", flat=True)
+    for message_id in active:
+        dispatch.stop(str(message_id))
+
+
+def delete_user_data(user):
+    """Delete ``user`` and everything that is theirs: conversations and messages, API keys, batches
+    and their files (stored in the database), quotas and usage records (all cascade from the user).
+    Their open chat sockets are told at once. Returns the number of rows deleted per model."""
+    conversation_ids = list(Conversation.objects.filter(owner=user).values_list("pk", flat=True))
+    _stop_everything(user)
+    with transaction.atomic():
+        _, counts = user.delete()
+    recheck_sockets(conversation_ids)
+    logger.info("account deleted: %s", ", ".join(f"{n} {label}" for label, n in sorted(counts.items()) if n))
+    return counts
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def delete_account(request):
+    form = DeleteAccountForm(request.user, request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = request.user
+        username = user.get_username()
+        delete_user_data(user)
+        logout(request)
+        response = render(request, "account/deleted.html", {"username": username})
+        response["Cache-Control"] = "no-store"
+        return response
+    return render(request, "account/delete.html", {"form": form}, status=400 if form.errors else 200)
