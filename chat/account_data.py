@@ -37,6 +37,14 @@ async def _stream(chunks):
         await sync_to_async(chunks.close, thread_sensitive=True)()
 
 
+def _in_chunks(queryset, size=100):
+    """The rows of ``queryset`` a hundred at a time, without a server-side cursor held open across
+    the whole download (each chunk is its own query, by primary key)."""
+    ids = list(queryset.values_list("pk", flat=True))
+    for start in range(0, len(ids), size):
+        yield from queryset.filter(pk__in=ids[start:start + size])
+
+
 @login_required
 @require_GET
 def export_data(request):
@@ -45,8 +53,8 @@ def export_data(request):
     user = request.user
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     name = f"smolsite-{safe_name(user.get_username(), 'user')}-{stamp}.zip"
-    conversations = user_conversations(user).iterator(chunk_size=100)
-    response = StreamingHttpResponse(_stream(iter_zip(conversations)), content_type="application/zip")
+    response = StreamingHttpResponse(_stream(iter_zip(_in_chunks(user_conversations(user)))),
+                                     content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     response["Cache-Control"] = "no-store"
     return response

@@ -7,7 +7,7 @@ import threading
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from .models import Conversation, Message
@@ -58,7 +58,7 @@ def purge_expired(days=None, now=None):
                     conversations, messages, days)
         recheck_sockets(deleted_ids)  # open tabs of them are told the chat is gone
     else:
-        logger.info("retention: no conversation older than %g day(s) to delete", days)
+        logger.debug("retention: no conversation older than %g day(s) to delete", days)
     return conversations, messages
 
 
@@ -70,7 +70,9 @@ def run_once():
         logger.exception("retention pass failed")
         return None
     finally:
-        close_old_connections()
+        # Called on a thread of its own (the timer, a Celery pool thread) that may wait an hour for
+        # the next pass: it holds no database connection meanwhile.
+        connections.close_all()
 
 
 class RetentionTimer:

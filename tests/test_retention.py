@@ -186,7 +186,8 @@ def test_celery_beat_runs_retention_on_a_worker(tmp_path, redis_db):
         worker.stop()
     assert exists(kept) and exists(streaming)
     assert "smolsite.retention" in beat_log.read_text()  # sent by beat
-    assert "retention: deleted 1 conversation(s)" in worker.logs()  # run on the worker
+    worker_log = worker.stdout_path.read_text(errors="replace") + worker.stderr_path.read_text(errors="replace")
+    assert "retention: deleted 1 conversation(s)" in worker_log  # run on the worker
 
 
 @pytest.fixture
