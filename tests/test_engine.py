@@ -216,21 +216,26 @@ def test_two_users_share_the_device_fairly_and_see_their_place_in_line(bundled_r
 
 
 @pytest.mark.django_db
-def test_metrics_show_the_engines_of_live_workers(loaded_registry, client):
+def test_metrics_show_the_engines_of_live_workers(loaded_registry, admin_client):
     from inference.workers import EngineReporter, Heartbeat
 
     beat = Heartbeat("cpu@test:1", "cpu", loaded_registry.loaded_models).start()
     reporter = EngineReporter("cpu@test:1", loaded_registry.stats).start()
     try:
         for _ in range(100):
-            body = client.get("/metrics").content.decode()
+            body = admin_client.get("/metrics").content.decode()
             if "smolsite_engine_slots" in body and 'worker="cpu@test:1"' in body:
                 break
             threading.Event().wait(0.05)
         slots = loaded_registry.backend("smollm2-135m").slots
-        assert f'smolsite_engine_slots{{worker="cpu@test:1",model="smollm2-135m"}} {slots}' in body
-        assert "# TYPE smolsite_engine_prefix_hits_total counter" in body
-        engines = client.get("/metrics.json").json()["engines"]
+        from test_metrics import parse
+
+        samples, types = parse(body)
+        labels = frozenset({"worker": "cpu@test:1", "device": "cpu", "model": "smollm2-135m"}.items())
+        assert samples[("smolsite_engine_slots", labels)] == slots
+        assert samples[("smolsite_engine_kv_usage_ratio", labels)] == 0
+        assert types["smolsite_engine_prefix_hits"] == "counter"
+        engines = admin_client.get("/metrics.json").json()["engines"]
         assert engines["cpu@test:1"]["smollm2-135m"]["running"] == 0
     finally:
         reporter.stop()

@@ -14,8 +14,9 @@ def test_healthz(client):
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
-def test_readyz_is_503_without_a_worker(client):
-    response = client.get("/readyz")
+def test_readyz_is_503_without_a_worker(admin_client):
+    # Staff see each check's detail (anonymous callers only ok: tests/test_metrics.py).
+    response = admin_client.get("/readyz")
     assert response.status_code == 503
     body = response.json()
     assert body["checks"]["database"]["ok"] and body["checks"]["channel_layer"]["ok"]
@@ -23,12 +24,13 @@ def test_readyz_is_503_without_a_worker(client):
     assert "no device worker" in body["checks"]["workers"]["error"]
 
 
-def test_readyz_is_200_with_a_worker_holding_a_model(client):
+def test_readyz_is_200_with_a_worker_holding_a_model(client, admin_client):
     heartbeat = Heartbeat("cpu@test:1", "cpu", lambda: ["smollm2-135m"]).start()
     try:
-        response = client.get("/readyz")
+        response = admin_client.get("/readyz")
         assert response.status_code == 200
         assert response.json()["checks"]["workers"]["workers"][0]["models"] == ["smollm2-135m"]
+        assert client.get("/readyz").status_code == 200
     finally:
         heartbeat.stop()
     assert client.get("/readyz").status_code == 503

@@ -165,11 +165,17 @@ def test_hook_generation_finished(echo_engine, pm):
 
 
 @pytest.mark.django_db
-def test_hook_register_routes(echo_engine, client):
+def test_hook_register_routes(echo_engine, admin_client):
     # The metrics plugin mounts /metrics through this hook and counts through the observers.
+    from test_metrics import parse, total
+
+    labels = {"model": "echo", "source": "other"}  # "m1" is not a chat message
+    before, _ = parse(admin_client.get("/metrics").content.decode())
     run_request(echo_engine, make_request("echo", "count these four", request_id="m1"))
-    body = client.get("/metrics").content.decode()
-    assert "smolsite_generations_started_total 1" in body
-    assert 'smolsite_generations_finished_total{status="done"} 1' in body
-    assert "smolsite_completion_tokens_total 3" in body
-    assert client.get("/metrics.json").json()["completion_tokens"] == 3
+    after, _ = parse(admin_client.get("/metrics").content.decode())
+    grew = {name: total(after, name, **labels) - total(before, name, **labels) for name in (
+        "smolsite_generations_total", "smolsite_completion_tokens_total")}
+    assert grew == {"smolsite_generations_total": 1, "smolsite_completion_tokens_total": 3}
+    assert total(after, "smolsite_generations_finished_total", status="done", **labels) \
+        - total(before, "smolsite_generations_finished_total", status="done", **labels) == 1
+    assert admin_client.get("/metrics.json").json()["completion_tokens"] == total(after, "smolsite_completion_tokens_total")

@@ -475,7 +475,8 @@ async def test_worker_killed_mid_generation_is_reaped_as_interrupted(redis_db, l
 
 # ---- (f) /readyz --------------------------------------------------------------------------------------
 
-def test_readyz_lists_the_worker_and_is_503_without_one(worker, client):
+def test_readyz_lists_the_worker_and_is_503_without_one(worker, admin_client):
+    client = admin_client  # the worker list is for staff (anonymous callers see only ok)
     response = client.get("/readyz")
     assert response.status_code == 200, response.content
     checks = response.json()["checks"]

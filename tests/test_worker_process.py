@@ -24,6 +24,7 @@ pytestmark = [
 ]
 
 DEADLINE = 150  # generous: model loads and answers on two possibly busy cores
+METRICS_TOKEN = "worker-process-metrics-token"
 STORY = "Tell me a long story about a dragon who learns to bake bread, with many chapters."
 
 # A user, a chat whose answers run long (greedy decoding of a small model rambles on to
@@ -48,7 +49,10 @@ def server(tmp_path_factory, default_model_path):
     ARTIFACTS.mkdir(exist_ok=True)
     models = {"smollm2-135m": {"path": default_model_path, "n_ctx": 4096, "threads": 2, "device": "cpu"}}
     live = LiveServer(tmp_path_factory.mktemp("worker-process"), models, ARTIFACTS / "worker-process-server.log",
-                      env={"SMOLSITE_WORKER_MODE": "process"}).start()
+                      env={"SMOLSITE_WORKER_MODE": "process", "SMOLSITE_METRICS_TOKEN": METRICS_TOKEN,
+                           # its own count, not this test run's
+                           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("worker-process-metrics"))}
+                      ).start()
     yield live
     live.stop()
 
@@ -69,8 +73,8 @@ def http_status(url):
         return response.status
 
 
-def http_body(url):
-    with urllib.request.urlopen(url, timeout=10) as response:
+def http_body(url, headers=None):
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as response:
         return response.read()
 
 
@@ -137,7 +141,8 @@ async def crash_mid_answer_then_answer_again(server, person, signum):
         assert server.worker_pid() not in (None, pid)
     # The web process beats for the new worker, and sees what it counted (its cache is the web process's).
     assert await asyncio.to_thread(http_status, server.url + "/readyz") == 200
-    metrics = json.loads(await asyncio.to_thread(http_body, server.url + "/metrics.json"))
+    metrics = json.loads(await asyncio.to_thread(http_body, server.url + "/metrics.json",
+                                                  {"Authorization": f"Bearer {METRICS_TOKEN}"}))
     assert metrics["generations_finished"].get("done", 0) >= 1, metrics
     return pid
 
