@@ -92,6 +92,7 @@ INSTALLED_APPS = [
     "chat",
     "api",
     "usage",
+    "review",
 ]
 
 MIDDLEWARE = [
@@ -345,3 +346,9 @@ SMOLSITE_BATCH_IN_FLIGHT = int(os.environ.get("SMOLSITE_BATCH_IN_FLIGHT", "32"))
 SMOLSITE_BATCH_TICK_SECONDS = float(os.environ.get("SMOLSITE_BATCH_TICK_SECONDS", "1"))
 SMOLSITE_BATCH_ATTEMPTS = int(os.environ.get("SMOLSITE_BATCH_ATTEMPTS", "3"))  # runs of a line a dead worker cut
 SMOLSITE_BATCH_DRIVER = env_bool("SMOLSITE_BATCH_DRIVER", True)  # the served process advances batches
+
+# Admin review (review/): whether staff may read users' message text in the admin at all. Off: no
+# admin page, search or export shows message text, reasoning, system prompts, error text or titles
+# (made from the first message). On: reading a conversation's text needs a reason, once per
+# conversation per admin session, and every view, text search and export is audited.
+SMOLSITE_ADMIN_READ_MESSAGES = env_bool("SMOLSITE_ADMIN_READ_MESSAGES", False)
