@@ -12,7 +12,6 @@ from inference.workers import alive_workers, is_alive
 from .models import Message
 
 logger = logging.getLogger(__name__)
-INTERVAL = 10
 
 
 def _interrupt(messages, reason, status=Message.Status.INTERRUPTED):
@@ -45,7 +44,7 @@ def reap(stale_seconds=None, queue_seconds=None):
     if dead:
         logger.warning("marking %d generation(s) interrupted", len(dead))
     count = _interrupt(dead, "The worker stopped before the answer was finished.")
-    return count + _reroute_orphans() + _fail_unserved(queue_seconds)
+    return count + _reroute_orphans() + _fail_unserved(queue_seconds) + _requeue_unclaimed()
 
 
 def _reroute_orphans():
@@ -83,6 +82,62 @@ def _fail_unserved(queue_seconds):
     return count
 
 
+UNCLAIMED_ERROR = ("No device worker took this answer although one serves model {model!r} (its queued job "
+                   "was lost, twice): press Retry.")
+
+
+def _nothing_ahead(message, since):
+    """Whether ``message`` has waited for no one since ``since``: nothing of its model is being
+    generated (a worker would have taken it), or a message of its model queued after ``since`` was
+    taken already (the queue moved past it). A long queue under load is left alone."""
+    same = Message.objects.filter(model_name=message.model_name, role=Message.Role.ASSISTANT)
+    if not same.filter(status=Message.Status.STREAMING).exists():
+        return True
+    return same.filter(created_at__gt=since).exclude(status=Message.Status.PENDING).exclude(worker_id="").exists()
+
+
+def _requeue_unclaimed(unclaimed_seconds=None):
+    """A queued message that no worker has taken although a live one serves its model: the enqueue
+    failed after its row was committed, or the broker lost the task. After SMOLSITE_UNCLAIMED_SECONDS
+    it is queued once more (a second delivery is harmless: only one claim of a pending row
+    succeeds, chat.store), and if still not taken one period later it fails with Retry."""
+    seconds = settings.SMOLSITE_UNCLAIMED_SECONDS if unclaimed_seconds is None else unclaimed_seconds
+    cutoff = timezone.now() - timedelta(seconds=seconds)
+    waiting = list(Message.objects.filter(status=Message.Status.PENDING, updated_at__lt=cutoff))
+    if not waiting:
+        return 0
+    serving = {name for worker in alive_workers() for name in worker.get("models", [])}
+    count = 0
+    for m in waiting:
+        if m.model_name not in serving or not _nothing_ahead(m, m.updated_at):
+            continue  # no worker: _fail_unserved's case; a queue ahead of it: it is not lost
+        options = dict(m.options or {})
+        if options.get("requeued_at"):
+            count += _interrupt([m], UNCLAIMED_ERROR.format(model=m.model_name), status=Message.Status.ERROR)
+            continue
+        options["requeued_at"] = timezone.now().isoformat()
+        # Conditional on the row as read: of several reapers (web processes), one re-queues it.
+        if not Message.objects.filter(pk=m.pk, status=Message.Status.PENDING, updated_at=m.updated_at).update(
+                options=options, worker_id="", updated_at=timezone.now()):
+            continue
+        logger.warning("message %s was not taken by any worker in %ss: queued again", m.pk, seconds)
+        try:
+            _enqueue_again(m)
+        except Exception:  # it fails at the next pass, visibly
+            logger.exception("could not queue message %s again", m.pk)
+        count += 1
+    return count
+
+
+def _enqueue_again(message):
+    from inference import dispatch
+    from inference.publish import publish_loop
+
+    # Embedded, the job's events go out on the web server's loop when there is one (the reaper is
+    # a thread; the in-memory layer is not thread-safe).
+    dispatch.enqueue(str(message.pk), message.model_name, loop=None if settings.REDIS_URL else publish_loop())
+
+
 def reap_worker(worker_id, reason):
     """A worker known to be dead (the embedded supervisor saw its process end): its generations
     end now rather than when its heartbeat expires."""
@@ -96,10 +151,12 @@ def reap_embedded_leftovers():
     return _interrupt(leftovers, "The server restarted before the answer was finished.")
 
 
-def start_reaper():
+def start_reaper(interval=None):
+    interval = settings.SMOLSITE_REAPER_SECONDS if interval is None else interval
+
     def loop():
         stop = threading.Event()
-        while not stop.wait(INTERVAL):
+        while not stop.wait(interval):
             try:
                 reap()
             except Exception:

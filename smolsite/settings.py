@@ -267,6 +267,10 @@ SMOLSITE_MAX_MESSAGE_CHARS = int(os.environ.get("SMOLSITE_MAX_MESSAGE_CHARS", "3
 SMOLSITE_STALE_SECONDS = int(os.environ.get("SMOLSITE_STALE_SECONDS", "600"))
 # A queued message whose model no live worker holds fails after this long (instead of waiting forever).
 SMOLSITE_QUEUE_SECONDS = int(os.environ.get("SMOLSITE_QUEUE_SECONDS", "120"))
+# A queued message that no worker has taken this long although one serves its model (the enqueue
+# failed, or the broker lost the task) is queued once more, then fails with Retry (chat.reaper).
+SMOLSITE_UNCLAIMED_SECONDS = float(os.environ.get("SMOLSITE_UNCLAIMED_SECONDS", "60"))
+SMOLSITE_REAPER_SECONDS = float(os.environ.get("SMOLSITE_REAPER_SECONDS", "10"))  # how often the reaper looks
 # Retention: conversations with no activity for this many days are deleted with their messages
 # (kept chats and ones still generating excepted); 0 keeps everything. Checked every
 # SMOLSITE_RETENTION_INTERVAL seconds (Celery beat scaled out, a thread of the web process embedded).
