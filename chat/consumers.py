@@ -94,6 +94,8 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
         if contains_nul(frame):
             return await self.error("Text cannot contain NUL characters (\\u0000).", action=frame.get("action"))
         action = frame.get("action")
+        if not isinstance(action, str):  # {"action": {}} is unhashable: no dict lookup for it
+            return await self.error(f"Unknown action {action!r:.100}.")
         handler = {
             "send": self.do_send,
             "regenerate": self.do_regenerate,
@@ -102,7 +104,7 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
             "resume": self.do_resume,
         }.get(action)
         if handler is None:
-            return await self.error(f"Unknown action {action!r}.")
+            return await self.error(f"Unknown action {action!r:.100}.")
         try:
             await handler(frame)
         except actions.ActionError as exc:
