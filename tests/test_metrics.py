@@ -239,6 +239,9 @@ def test_dashboard_is_for_staff_only(client):
     html = page.content.decode()
     assert "vendor/chartjs/chart.umd.min.js" in html and 'id="chart-tps"' in html
     assert "cdn" not in html.lower() and "<script>" not in html  # vendored, no inline script (CSP)
+    # Staff find it from the chat sidebar; others get no link.
+    assert 'href="/metrics/dashboard/"' in staff_client("ops3").get("/", follow=True).content.decode()
+    assert "/metrics/dashboard/" not in user_client("pat3").get("/", follow=True).content.decode()
 
 
 @pytest.mark.django_db
@@ -316,7 +319,12 @@ async def test_blocked_plugin_removes_metrics_and_dashboard_but_chat_works(loade
             client = staff_client()
             return [client.get(p, HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code for p in paths]
 
+    def sidebar():
+        return staff_client("ops-sidebar").get("/", follow=True).content.decode()
+
     assert await database_sync_to_async(statuses)() == [404] * len(paths)
+    page = await database_sync_to_async(sidebar)()
+    assert "Sign out" in page and "/metrics/dashboard/" not in page  # the chat page, without the link
     before = counts(await asyncio.to_thread(_scrape_files))
     user = await database_sync_to_async(get_user_model().objects.create_user)("chatter", password="pw-123456789")
     conv = await database_sync_to_async(Conversation.objects.create)(owner=user, model=MODEL, temperature=0.0,
