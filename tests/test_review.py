@@ -280,7 +280,11 @@ def test_switch_off_hides_text_on_every_admin_path(client, world, settings):
         texts = zip_text(body).values() if action == "export_zip" else [body.decode()]
         for text in texts:
             assert_no_text(text, action)
-        assert f"{a1.pk}" in "".join(texts)  # the structure is there
+        # The structure and metrics are there.
+        if action == "export_markdown":
+            assert "## Assistant" in texts[0] and "first token after 0.50 s" in texts[0]
+        else:
+            assert f'"id": {a1.pk},' in "".join(texts) and '"ttft": 0.5' in "".join(texts)
     exports = AuditRecord.objects.filter(action="export")
     assert exports.count() == 6 and not exports.filter(with_text=True).exists()
     assert not AuditRecord.objects.filter(action__in=["view", "search"]).exists()
