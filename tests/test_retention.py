@@ -146,7 +146,9 @@ def test_the_embedded_timer_runs_passes_by_itself(settings):
             assert time.monotonic() < deadline, "the timer did not delete the old chat"
             assert timer.thread.is_alive()
             time.sleep(0.05)
-        late = make_chat(alice, 50 * DAY, "done")  # appears after the first passes: a later one takes it
+        # A chat that falls idle after the first passes (made whole, then aged): a later pass takes it.
+        late = make_chat(alice, DAY, "done")
+        Conversation.objects.filter(pk=late.pk).update(updated_at=timezone.now() - 50 * DAY)
         while exists(late):
             assert time.monotonic() < deadline, "the timer stopped running passes"
             time.sleep(0.05)
