@@ -73,9 +73,17 @@ class StatusFilter(admin.SimpleListFilter):
 
 class AuditedTextSearch:
     """Search over message text only where text may be read at all, and each such search audited:
-    its hits tell what people wrote even though no text is shown."""
+    its hits tell what people wrote even though no text is shown. Query-string filters on text
+    fields (?content__contains=…, which the admin allows on any field of the model) are refused
+    always: they would be an unaudited search."""
     base_search_fields = ()
     text_search_fields = ()
+    text_fields = ()
+
+    def lookup_allowed(self, lookup, value, request=None):
+        if lookup.split("__", 1)[0] in self.text_fields:
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
     def get_search_fields(self, request):
         if access.may_read_text(request.user):
@@ -117,6 +125,7 @@ class ConversationAdmin(AuditedTextSearch, admin.ModelAdmin):
                    "kept"]
     base_search_fields = ["=id", "owner__username", "model"]
     text_search_fields = ["title", "messages__content"]
+    text_fields = ["title", "system_prompt"]
     list_select_related = ["owner"]
     date_hierarchy = "updated_at"
     inlines = [MessageInline]
@@ -276,6 +285,7 @@ class MessageAdmin(AuditedTextSearch, admin.ModelAdmin):
                    ("conversation__owner", admin.RelatedOnlyFieldListFilter)]
     base_search_fields = ["=id", "=conversation__id", "conversation__owner__username", "model_name", "worker_id"]
     text_search_fields = ["content"]
+    text_fields = ["content", "reasoning", "error", "options"]
     list_select_related = ["conversation__owner"]
     actions = ["flag", "unflag"]
     fields = ["conversation_link", "owner", "parent", "role", "status", "finish_reason", "model_name",

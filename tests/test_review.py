@@ -269,6 +269,21 @@ def test_switch_off_hides_text_on_every_admin_path(client, world, settings):
             assert_no_text(html.replace(term, ""), f"search {term}")  # the query itself is echoed
             assert "secrets" not in html and "ZEBRA-TITLE carol" not in html
             assert "0 results" in html, (url, term)
+    # Nor filtered by text through the query string (the admin allows any field's lookups): refused
+    # with a 400 whatever the setting, since such a filter would be an unaudited search.
+    for url, lookup in ((paths["conversation changelist"], "title__startswith"),
+                        (paths["conversation changelist"], "system_prompt__contains"),
+                        (paths["message changelist"], "content__contains"),
+                        (paths["message changelist"], "reasoning__icontains"),
+                        (paths["message changelist"], "error__contains")):
+        for readable in (False, True):
+            settings.SMOLSITE_ADMIN_READ_MESSAGES = readable
+            response = client.get(url, {lookup: "ZEBRA"})
+            assert response.status_code == 400, (url, lookup)
+            assert_no_text(response.content.decode().replace("ZEBRA", ""), lookup)
+    settings.SMOLSITE_ADMIN_READ_MESSAGES = False
+    for url in (paths["conversation changelist"], paths["message changelist"]):
+        assert "0 results" in page(client, url, {"q": "9" * 30})  # an id too big for the database
     by_owner = page(client, paths["conversation changelist"], {"q": "bob"})
     assert f"/admin/chat/conversation/{conv.pk}/change/" in by_owner
 
