@@ -503,3 +503,27 @@ def test_messages_flag_and_note_are_the_only_editable_fields(client, world, sett
     assert not Message.objects.filter(flagged=True).exists()
     # Messages are not deleted from the admin (their replies hang off them).
     assert client.get(reverse("admin:chat_message_delete", args=[a1.pk])).status_code == 403
+
+
+def test_batch_admin_never_shows_line_bodies_or_answers(client):
+    """Batch line bodies and responses are message text: the batch admin shows state and counts and
+    links the line's conversation (whose transcript is reason-gated and audited), never the text."""
+    from batches.models import Batch, BatchLine
+
+    root = user("root", is_staff=True, is_superuser=True)
+    owner = user("dora")
+    conv = Conversation.objects.create(owner=owner, title="t", model="smollm2-135m", source="batch")
+    batch = Batch.objects.create(owner=owner, status="completed", total=1, completed=1)
+    line = BatchLine.objects.create(
+        batch=batch, index=0, custom_id="line-1", status="completed", conversation_id=conv.pk,
+        body={"model": "smollm2-135m", "messages": [{"role": "user", "content": "ZEBRA-BODY"}]},
+        response={"status_code": 200, "body": {"choices": [{"message": {"content": "ZEBRA-ANSWER"}}]}})
+    client.force_login(root)
+    for url in (reverse("admin:batches_batchline_change", args=[line.pk]),
+                reverse("admin:batches_batchline_changelist"),
+                reverse("admin:batches_batch_change", args=[batch.pk])):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert MARK not in response.content.decode().lower(), url
+    page = client.get(reverse("admin:batches_batchline_change", args=[line.pk])).content.decode()
+    assert reverse("admin:chat_conversation_change", args=[conv.pk]) in page

@@ -509,14 +509,16 @@ def test_thread_partial(client, alice):
 # ---- admin ------------------------------------------------------------------------------
 
 def test_admin_lists_conversations_and_messages(client):
+    """Metadata only: with the default privacy setting no admin page shows message text (the
+    review tests cover each path and the reason-gated reading)."""
     admin = make_user("root", is_staff=True, is_superuser=True)
     client.force_login(admin)
     conv = make_conversation(make_user("bob"), "Bob asks")
     _, reply = add_turn(conv, "What is 2+2?", "Four.")
-    changelist = client.get(reverse("admin:chat_conversation_changelist"), {"q": "2+2"}).content.decode()
-    assert "Bob asks" in changelist
+    changelist = client.get(reverse("admin:chat_conversation_changelist"), {"q": "bob"}).content.decode()
+    assert f"Conversation #{conv.pk}" in changelist
     change = client.get(reverse("admin:chat_conversation_change", args=[conv.pk])).content.decode()
-    assert "What is 2+2?" in change and "Four." in change
+    assert "What is 2+2?" not in change and "Four." not in change
     messages = client.get(reverse("admin:chat_message_changelist"),
                           {"status__exact": "done", "role__exact": "assistant"}).content.decode()
     assert 'href="/admin/chat/message/%d/change/' % reply.pk in messages
