@@ -1,5 +1,5 @@
 """The job store behind the generation service: a job is an assistant Message row."""
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from inference.backends import GenerationRequest, SamplingParams
@@ -19,6 +19,16 @@ def history_for(message):
             continue
         turns.append({"role": m.role, "content": m.content, "reasoning": m.reasoning})
     return turns
+
+
+def _drop_broken_connection():
+    """A worker thread has no request cycle to drop a connection the database closed (it restarted):
+    without this, every later save of this generation would fail on the dead connection."""
+    if connection.connection is not None and connection.errors_occurred and not connection.in_atomic_block:
+        if connection.is_usable():
+            connection.errors_occurred = False
+        else:
+            connection.close()
 
 
 class MessageStore(JobStore):
@@ -54,12 +64,14 @@ class MessageStore(JobStore):
         )
 
     def save_progress(self, job_id, text, reasoning, seq):
+        _drop_broken_connection()
         Message.objects.filter(pk=job_id, status=Message.Status.STREAMING).update(
             content=text, reasoning=reasoning, stream_seq=seq, updated_at=timezone.now())
 
     def finish(self, job_id, result):
         """Save the end of a generation; False when the row had already been ended elsewhere
         (the reaper marked it interrupted and told the tabs, or it was deleted): it stays so."""
+        _drop_broken_connection()
         now = timezone.now()
         with transaction.atomic():
             saved = Message.objects.filter(pk=job_id, status=Message.Status.STREAMING).update(

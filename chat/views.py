@@ -12,6 +12,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from inference import dispatch
 from inference.models import UnknownModel, all_models, get_model
+from inference.workers import alive_workers
 
 from . import actions
 from .forms import ModelForm, RenameForm, SettingsForm
@@ -89,10 +90,21 @@ def conversation(request, pk):
     return render(request, "chat/conversation.html", context)
 
 
+        "model_unavailable": _unavailable(conv.model),
 @login_required
 @require_GET
 def thread(request, pk):
     conv = _own(request, pk)
+def _unavailable(model_name):
+    """What to tell the user when no live device worker holds the chat's model (a missing or corrupt
+    model file, no worker started): otherwise they would send and wait for an answer that cannot come."""
+    served = {name for worker in alive_workers() for name in worker.get("models", [])}
+    if model_name in served:
+        return ""
+    return (f"The model {model_name} is unavailable right now: no device worker has it loaded. "
+            "Answers will fail until an administrator fixes it (see /readyz).")
+
+
     return render(request, "chat/_thread.html", thread_context(conv))
 
 

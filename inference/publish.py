@@ -19,6 +19,9 @@ logger = logging.getLogger(__name__)
 # feel on 2 cores: with the pub/sub layer 25 ms batches kept ~97.5% of raw tokens/s on the
 # Celery path and 50 ms ~100% (bench/run.py; the list-based layer needed 100 ms for that).
 FLUSH_SECONDS = float(os.environ.get("SMOLSITE_FLUSH_MS", "50")) / 1000
+# A batch the layer refused (Redis restarting) is sent again after these pauses, later batches
+# waiting behind it: a lost middle batch is recovered from the saved text, a lost "done" never is.
+RESEND_SECONDS = (0.25, 0.5, 1, 2, 4, 8)
 EVENT_TYPE = "gen.events"  # handled by the consumer's gen_events method
 
 _local = threading.local()
@@ -108,12 +111,19 @@ class Publisher:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            try:
-                await self.layer.group_send(self.group, payload)
-            except Exception:  # a lost batch is recoverable from the database snapshot
-                logger.exception("could not publish events for message %s", self.message_id)
+            for attempt in range(len(RESEND_SECONDS) + 1):
+                try:
+                    await self.layer.group_send(self.group, payload)
+                    return
+                except Exception as exc:
+                    if attempt == len(RESEND_SECONDS):
+                        logger.exception("could not publish events for message %s", self.message_id)
+                        return
+                    logger.warning("could not publish events for message %s (%s: %s); trying again",
+                                   self.message_id, type(exc).__name__, exc)
+                    await asyncio.sleep(RESEND_SECONDS[attempt])
 
-    def close(self, timeout=10):
+    def close(self, timeout=30):
         self.flush()
         for future in self._futures:
             try:

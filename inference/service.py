@@ -212,7 +212,7 @@ class GenerationService:
                         now = time.monotonic()
                         if now - last_save >= SAVE_SECONDS:
                             last_save = now
-                            self.store.save_progress(request.id, "".join(text), "".join(reasoning), seq)
+                            self._save_progress(request.id, "".join(text), "".join(reasoning), seq)
                 for kind, piece in chain.finish():
                     if piece:
                         (reasoning if kind == "reasoning" else text).append(piece)
@@ -237,6 +237,15 @@ class GenerationService:
             clear_stop(request.id)
             pm.hook.generation_finished(request=request, result=result)
         return result
+
+    def _save_progress(self, job_id, text, reasoning, seq):
+        # A progress save that fails (the database restarting) does not end the answer: the tabs
+        # still get every token, the next save catches up and the final save is retried.
+        try:
+            self.store.save_progress(job_id, text, reasoning, seq)
+        except Exception as exc:
+            logger.warning("could not save the progress of %s (%s: %s); generating on", job_id,
+                           type(exc).__name__, exc)
 
     def _finish(self, request, result, pub):
         saved = False

@@ -1,11 +1,14 @@
 """Server-side stop flags, kept in Django's cache (process memory embedded, Redis scaled out)."""
+import logging
 import time
 
 from django.core.cache import cache
 
+logger = logging.getLogger(__name__)
 TTL = 24 * 3600
 # The generation loop asks at every step; the shared store is read at most this often.
 POLL_SECONDS = 0.02
+UNREACHABLE_POLL_SECONDS = 1
 
 
 def _key(request_id):
@@ -17,7 +20,10 @@ def request_stop(request_id):
 
 
 def clear_stop(request_id):
-    cache.delete(_key(request_id))
+    try:
+        cache.delete(_key(request_id))
+    except Exception as exc:  # a flag left behind expires with its TTL; the answer is saved already
+        logger.warning("could not clear the stop flag of %s (%s: %s)", request_id, type(exc).__name__, exc)
 
 
 def is_stop_requested(request_id):
@@ -38,5 +44,12 @@ class StopChecker:
         now = time.monotonic()
         if now >= self._next_poll:
             self._next_poll = now + POLL_SECONDS
-            self._stopped = is_stop_requested(self.request_id)
+            try:
+                self._stopped = is_stop_requested(self.request_id)
+            except Exception as exc:
+                # The cache unreachable (Redis restarting) must not end the answer: generate on and
+                # ask again a little later; a stop asked for meanwhile is seen once it is back.
+                self._next_poll = now + UNREACHABLE_POLL_SECONDS
+                logger.warning("could not read the stop flag of %s (%s: %s); generating on", self.request_id,
+                               type(exc).__name__, exc)
         return self._stopped

@@ -211,7 +211,9 @@ class DeviceWorkerProcess:
         if self.error:
             logger.critical("device worker %s cannot load its models: %s", self.worker_id, self.error)
         models = list(self.models)
-        self._heartbeat = Heartbeat(self.worker_id, self.device, lambda: models).start()
+        # A worker that could not load its models says why (/readyz lists it for staff).
+        error = {"error": self.error} if self.error else {}
+        self._heartbeat = Heartbeat(self.worker_id, self.device, lambda: models, lambda: error).start()
         with self._lock:
             self._conn = conn
             waiting = list(self._jobs)

@@ -104,6 +104,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # An unreachable database answers 503 saying so, not a 500 (chat.db_unavailable).
+    "chat.db_unavailable.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "smolsite.urls"

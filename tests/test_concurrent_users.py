@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from websockets.asyncio.client import connect
-
 from browser_support import ARTIFACTS, REPO, LiveServer
+from live_stack import open_socket, until_answered
 
 pytestmark = pytest.mark.model
 
@@ -51,23 +50,6 @@ def make_people(server):
     out = subprocess.run([sys.executable, "manage.py", "shell", "-c", SETUP], cwd=REPO, env=server.env,
                          check=True, capture_output=True, text=True, timeout=120).stdout
     return json.loads(out.strip().splitlines()[-1])
-
-
-async def open_socket(server, person):
-    return await connect(f"ws://127.0.0.1:{server.port}/ws/chat/{person['conversation']}/", origin=server.url,
-                         additional_headers={"Cookie": f"sessionid={person['session']}"}, open_timeout=30)
-
-
-async def until_answered(ws):
-    """Frames up to the final frame of this socket's new answer (or its first error)."""
-    frames, reply = [], None
-    while True:
-        frame = json.loads(await ws.recv())
-        frames.append(frame)
-        if frame["type"] == "thread":
-            reply = frame["active"]
-        if frame["type"] == "error" or (frame["type"] == "final" and frame["message"] == reply):
-            return reply, frames
 
 
 async def everyone_sends_at_once(server, people):

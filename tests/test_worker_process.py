@@ -13,9 +13,8 @@ import sys
 import urllib.request
 
 import pytest
-from websockets.asyncio.client import connect
-
 from browser_support import ARTIFACTS, REPO, LiveServer
+from live_stack import open_socket, saved_partial_text, send, until_final
 
 pytestmark = [
     pytest.mark.model,
@@ -76,40 +75,6 @@ def http_status(url):
 def http_body(url, headers=None):
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as response:
         return response.read()
-
-
-async def send(ws, content):
-    """Send a message; returns the id of the answer being generated."""
-    await ws.send(json.dumps({"action": "send", "content": content}))
-    while True:
-        frame = json.loads(await ws.recv())
-        assert frame["type"] != "error", frame
-        if frame["type"] == "thread":
-            return frame["active"]
-
-
-async def until_final(ws, reply):
-    frames = []
-    while True:
-        frame = json.loads(await ws.recv())
-        frames.append(frame)
-        if frame["type"] == "final" and frame["message"] == reply:
-            return frames
-
-
-async def saved_partial_text(server, reply):
-    """Wait until the worker has saved some of the answer (it saves at least once a second)."""
-    while True:
-        row = server.message(reply)
-        assert row["status"] in ("pending", "streaming"), f"the answer ended before the crash: {row}"
-        if row["content"]:
-            return row["content"]
-        await asyncio.sleep(0.1)
-
-
-def open_socket(server, person):
-    return connect(f"ws://127.0.0.1:{server.port}/ws/chat/{person['conversation']}/", origin=server.url,
-                   additional_headers={"Cookie": f"sessionid={person['session']}"}, open_timeout=30)
 
 
 async def crash_mid_answer_then_answer_again(server, person, signum):
