@@ -122,6 +122,7 @@ MATRIX = {
     "c/<int:pk>/item/": [P("get", lambda w: f"/c/{w.conv.pk}/item/")],
     "c/<int:pk>/rename/": [P("get", lambda w: f"/c/{w.conv.pk}/rename/"),
                            P("post", lambda w: f"/c/{w.conv.pk}/rename/", {"title": "bob was here"}, ok=(302,))],
+    "c/<int:pk>/keep/": [P("post", lambda w: f"/c/{w.conv.pk}/keep/", {"kept": "1"}, ok=(302,))],
     "c/<int:pk>/delete/": [P("post", lambda w: f"/c/{w.conv.pk}/delete/", ok=(302,))],
     "c/<int:pk>/settings/": [P("post", lambda w: f"/c/{w.conv.pk}/settings/",
                                {"system_prompt": "bob", "temperature": "1", "top_p": "0.5", "max_tokens": "5"},
