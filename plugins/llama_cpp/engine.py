@@ -174,7 +174,7 @@ class BatchEngine:
                 break
             job = max(paused, key=lambda j: j.id)
             self.active.remove(job)
-            self.scheduler.finished(job.user)
+            self.scheduler.finished(job.user, job.priority)
             self.scheduler.add_front(job, job.user, job.priority)
             job.position = None
             job.pauses += 1
@@ -197,7 +197,7 @@ class BatchEngine:
             try:
                 job.sampler = Sampler(self.vocab, job.params, job.grammar)
             except ValueError as exc:
-                self.scheduler.finished(job.user)
+                self.scheduler.finished(job.user, job.priority)
                 job.out.put(Finish("error", len(job.tokens), 0, error=str(exc)))
                 continue
             job.slot, job.cached = self.table.take(job.user, job.tokens, job.public)
@@ -296,7 +296,7 @@ class BatchEngine:
         with self.cv:
             if job in self.active:
                 self.active.remove(job)
-                self.scheduler.finished(job.user)
+                self.scheduler.finished(job.user, job.priority)
             self.cv.notify()
         if job.sampler is not None:
             job.sampler.close()

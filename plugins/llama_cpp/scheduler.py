@@ -1,6 +1,9 @@
 """Who is admitted to the batch next: interactive before background, users in turn (one
 person with ten chats does not delay another's one), and at most ``per_user`` running
-generations per user. Also tells each waiting request its position in line.
+interactive generations per user. Background work (batch lines) has no per-user cap: it only
+fills slots nobody else wants and is paused the moment a person needs one, so a batch may use
+every idle slot and still never keeps its owner's own chats waiting. Also tells each waiting
+request its position in line.
 
 Not thread-safe: the engine calls it under its own lock."""
 import collections
@@ -13,7 +16,7 @@ class Scheduler:
         self.per_user = max(1, per_user)
         # priority -> user -> FIFO of waiting items; dict order is the round-robin order.
         self.waiting = {p: collections.OrderedDict() for p in PRIORITIES}
-        self.running = collections.Counter()  # user -> running count
+        self.running = collections.Counter()  # user -> running interactive count
 
     def __len__(self):
         return sum(len(q) for users in self.waiting.values() for q in users.values())
@@ -49,17 +52,20 @@ class Scheduler:
         for priority in PRIORITIES:
             users = self.waiting[priority]
             for user in list(users):
-                if self.running[user] >= self.per_user:
+                if priority == "interactive" and self.running[user] >= self.per_user:
                     continue
                 queue = users.pop(user)
                 item, _ = queue.popleft()
                 if queue:
                     users[user] = queue  # back of the rotation: the next user goes first next time
-                self.running[user] += 1
+                if priority == "interactive":
+                    self.running[user] += 1
                 return item, user
         return None
 
-    def finished(self, user):
+    def finished(self, user, priority="interactive"):
+        if priority == "background":
+            return
         self.running[user] -= 1
         if self.running[user] <= 0:
             del self.running[user]
