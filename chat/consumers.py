@@ -10,19 +10,27 @@ from channels.exceptions import DenyConnection, StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
+from django.template.loader import render_to_string
 
 from inference import dispatch
 from inference.publish import remember_server_loop
 
-from . import actions
+from . import actions, limits
 from .models import Conversation, Message
-from .rendering import render_message, render_thread
-from .socket_auth import NOT_ALLOWED, SIGNED_OUT, SessionRecheckMixin, contains_nul
+from .rendering import message_context, thread_context
+from .socket_auth import NOT_ALLOWED, SIGNED_OUT, TOO_MANY, SessionRecheckMixin, contains_nul
 
 logger = logging.getLogger(__name__)
 
 RESYNC_TRIES = 20
 RESYNC_WAIT = 0.2  # the worker saves progress at least once a second
+GENERATING_ACTIONS = ("send", "regenerate", "edit")
+
+
+def off_loop(fn):
+    """Cache round trips (Redis, scaled out) and rendering run off the event loop, but not on the
+    one thread that all sockets' database work shares (database_sync_to_async)."""
+    return sync_to_async(fn, thread_sensitive=False)
 
 
 class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
@@ -36,6 +44,11 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
         await self.remember_auth()
         if not await self._owns():
             return await self.refuse(NOT_ALLOWED)
+        try:
+            await off_loop(limits.open_socket)(self.user.pk, self.channel_name)
+        except limits.LimitExceeded as exc:
+            return await self.refuse(TOO_MANY, str(exc))
+        self.socket_counted = True
         remember_server_loop(asyncio.get_running_loop())
         self.group = f"conv.{self.conversation_id}"
         await self.channel_layer.group_add(self.group, self.channel_name)
@@ -47,6 +60,9 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
 
     async def disconnect(self, code):
         self.stop_auth_watch()
+        if getattr(self, "socket_counted", False):
+            self.socket_counted = False
+            await off_loop(limits.close_socket)(self.user.pk, self.channel_name)
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -105,6 +121,13 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
         }.get(action)
         if handler is None:
             return await self.error(f"Unknown action {action!r:.100}.")
+        try:
+            if action in GENERATING_ACTIONS:
+                await off_loop(limits.check_action_rate)(self.user.pk)
+            elif action == "resume":
+                await off_loop(limits.check_resume_rate)(self.user.pk)
+        except limits.LimitExceeded as exc:
+            return await self.error(str(exc), action=action, retry_after=exc.retry_after)
         try:
             await handler(frame)
         except actions.ActionError as exc:
@@ -256,16 +279,23 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
                 "content": m.content, "reasoning": m.reasoning}
 
     async def _send_final(self, message_id):
-        html = await self._message_html(message_id)
-        if html is not None:
+        context = await self._message_context(message_id)
+        if context is not None:
+            html = await off_loop(render_to_string)("chat/_message.html", context)
             await self.send_json({"type": "final", "message": message_id, "html": html})
 
+    # The database reads happen on the shared database thread; the Markdown of whole answers is
+    # rendered after, on another (chat.rendering defers it to the template).
     @database_sync_to_async
-    def _message_html(self, message_id):
+    def _message_context(self, message_id):
         m = Message.objects.filter(pk=message_id, conversation_id=self.conversation_id).first()
-        return None if m is None else render_message(m, user=self.user)
+        return None if m is None else message_context(m)
+
+    async def _thread(self):
+        context, title = await self._thread_context()
+        return await off_loop(render_to_string)("chat/_thread.html", context), title
 
     @database_sync_to_async
-    def _thread(self):
+    def _thread_context(self):
         conv = Conversation.objects.get(pk=self.conversation_id)
-        return render_thread(conv, user=self.user), conv.title
+        return thread_context(conv), conv.title

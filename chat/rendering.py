@@ -12,7 +12,9 @@ def message_context(message, siblings=None):
     index = siblings.index(message.id) if message.id in siblings else 0
     return {
         "m": message,
-        "html": render_markdown(message.content) if message.role == Message.Role.ASSISTANT else None,
+        # Rendered when the template is (templates call callables): the consumer builds the context
+        # on the shared database thread and renders a whole answer's Markdown on another.
+        "html": (lambda: render_markdown(message.content)) if message.role == Message.Role.ASSISTANT else None,
         "sibling_ids": siblings,
         "sibling_index": index + 1,
         "prev_sibling": siblings[index - 1] if index > 0 else None,

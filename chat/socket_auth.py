@@ -9,11 +9,13 @@ import asyncio
 import logging
 from importlib import import_module
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth import SESSION_KEY
 
+from .limits import renew_socket
 from .models import Conversation
 
 logger = logging.getLogger(__name__)
@@ -21,6 +23,7 @@ logger = logging.getLogger(__name__)
 SIGNED_OUT = 4401  # logged out, password changed, account deactivated
 NOT_ALLOWED = 4403  # not this user's chat (or no such chat), at connect
 GONE = 4404  # the chat was deleted while open
+TOO_MANY = 4429  # the user has SMOLSITE_MAX_SOCKETS_PER_USER chat sockets open already (chat.limits)
 EVENT_AUTH_SECONDS = 1.0  # forwarding events re-checks at most this often (frames always do)
 
 
@@ -134,6 +137,11 @@ class SessionRecheckMixin:
                 await self.still_allowed()
             except Exception:  # a database hiccup: check again next time
                 logger.warning("could not re-check a chat socket's session", exc_info=True)
+            if getattr(self, "socket_counted", False) and not self.closing:
+                try:  # still open: its entry in the user's open-socket count must not expire
+                    await sync_to_async(renew_socket, thread_sensitive=False)(self.user.pk, self.channel_name)
+                except Exception:
+                    logger.warning("could not renew a chat socket's count", exc_info=True)
 
 
 def recheck_sockets(conversation_ids):

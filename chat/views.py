@@ -14,7 +14,7 @@ from inference import dispatch
 from inference.models import UnknownModel, all_models, get_model
 from inference.workers import alive_workers
 
-from . import actions
+from . import actions, limits
 from .forms import ModelForm, RenameForm, SettingsForm
 from .models import Conversation, Message
 from .rendering import conversation_features, thread_context
@@ -70,6 +70,10 @@ def new_chat(request):
     """An empty chat is reused rather than piling up untouched ones."""
     conv = Conversation.objects.filter(owner=request.user, messages__isnull=True).order_by("-updated_at").first()
     if conv is None:
+        try:
+            limits.check_new_chat(request.user)  # SMOLSITE_MAX_CHATS_PER_USER
+        except limits.LimitExceeded as exc:
+            return HttpResponse(str(exc), status=429, content_type="text/plain; charset=utf-8")
         conv = Conversation.objects.create(owner=request.user, model=_model_for_new_chat(request.user))
     else:
         conv.touch()

@@ -273,6 +273,12 @@ SMOLSITE_QUEUE_SECONDS = int(os.environ.get("SMOLSITE_QUEUE_SECONDS", "120"))
 # failed, or the broker lost the task) is queued once more, then fails with Retry (chat.reaper).
 SMOLSITE_UNCLAIMED_SECONDS = float(os.environ.get("SMOLSITE_UNCLAIMED_SECONDS", "60"))
 SMOLSITE_REAPER_SECONDS = float(os.environ.get("SMOLSITE_REAPER_SECONDS", "10"))  # how often the reaper looks
+# Per-user limits on the chat page (chat.limits; 0 turns one off): chats kept, chat sockets open at
+# once, resume frames (catch-ups) and generating actions (send, regenerate, edit) per minute.
+SMOLSITE_MAX_CHATS_PER_USER = int(os.environ.get("SMOLSITE_MAX_CHATS_PER_USER", "1000"))
+SMOLSITE_MAX_SOCKETS_PER_USER = int(os.environ.get("SMOLSITE_MAX_SOCKETS_PER_USER", "20"))
+SMOLSITE_RESUMES_PER_MINUTE = int(os.environ.get("SMOLSITE_RESUMES_PER_MINUTE", "120"))
+SMOLSITE_ACTIONS_PER_MINUTE = int(os.environ.get("SMOLSITE_ACTIONS_PER_MINUTE", "30"))
 # Retention: conversations with no activity for this many days are deleted with their messages
 # (kept chats and ones still generating excepted); 0 keeps everything. Checked every
 # SMOLSITE_RETENTION_INTERVAL seconds (Celery beat scaled out, a thread of the web process embedded).
