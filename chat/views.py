@@ -90,15 +90,11 @@ def conversation(request, pk):
         **sidebar_context(request.user, query, current=conv),
         **_settings_context(conv),
         "models": all_models(),
+        "model_unavailable": _unavailable(conv.model),
     }
     return render(request, "chat/conversation.html", context)
 
 
-        "model_unavailable": _unavailable(conv.model),
-@login_required
-@require_GET
-def thread(request, pk):
-    conv = _own(request, pk)
 def _unavailable(model_name):
     """What to tell the user when no live device worker holds the chat's model (a missing or corrupt
     model file, no worker started): otherwise they would send and wait for an answer that cannot come."""
@@ -109,6 +105,10 @@ def _unavailable(model_name):
             "Answers will fail until an administrator fixes it (see /readyz).")
 
 
+@login_required
+@require_GET
+def thread(request, pk):
+    conv = _own(request, pk)
     return render(request, "chat/_thread.html", thread_context(conv))
 
 
