@@ -4,6 +4,7 @@ import threading
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from inference.publish import Publisher
@@ -152,16 +153,21 @@ def reap_embedded_leftovers():
 
 
 def start_reaper(interval=None):
+    """Reaps every ``interval`` seconds (SMOLSITE_REAPER_SECONDS) on a daemon thread; the thread's
+    ``stop()`` ends it (tests)."""
     interval = settings.SMOLSITE_REAPER_SECONDS if interval is None else interval
+    stop = threading.Event()
 
     def loop():
-        stop = threading.Event()
         while not stop.wait(interval):
             try:
                 reap()
             except Exception:
                 logger.exception("reaper failed")
+            finally:
+                connection.close()  # a thread of its own: no request cycle closes its connection
 
     thread = threading.Thread(target=loop, name="smolsite-reaper", daemon=True)
+    thread.stop = stop.set
     thread.start()
     return thread

@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 
 from chat.models import Conversation, Message
 from chat.reaper import reap, reap_embedded_leftovers
-from inference.workers import Heartbeat, beat
+from inference.workers import beat
 
 pytestmark = pytest.mark.django_db
 
@@ -24,16 +24,25 @@ def test_readyz_is_503_without_a_worker(admin_client):
     assert "no device worker" in body["checks"]["workers"]["error"]
 
 
-def test_readyz_is_200_with_a_worker_holding_a_model(client, admin_client):
-    heartbeat = Heartbeat("cpu@test:1", "cpu", lambda: ["smollm2-135m"]).start()
+def test_readyz_is_200_with_an_embedded_worker_holding_the_real_model(client, admin_client, loaded_registry):
+    """A real device worker (the embedded one, as a served process runs it) with SmolLM2 loaded
+    makes the site ready; once it stops, it is not."""
+    from inference.embedded import EmbeddedWorker
+
+    worker = EmbeddedWorker("cpu")
+    worker.worker_id += ":readyz-test"  # not the id of the embedded worker other tests may have started
+    worker.start()
     try:
+        assert worker.ready.wait(180) and worker.error is None
         response = admin_client.get("/readyz")
         assert response.status_code == 200
-        assert response.json()["checks"]["workers"]["workers"][0]["models"] == ["smollm2-135m"]
+        listed = response.json()["checks"]["workers"]["workers"]
+        assert [w["models"] for w in listed if w["id"] == worker.worker_id] == [["smollm2-135m"]]
         assert client.get("/readyz").status_code == 200
     finally:
-        heartbeat.stop()
-    assert client.get("/readyz").status_code == 503
+        worker.stop()
+    assert not worker.thread.is_alive()
+    assert worker.worker_id not in [w["id"] for w in admin_client.get("/readyz").json()["checks"]["workers"]["workers"]]
 
 
 def test_worker_without_models_does_not_make_the_site_ready(client):
