@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from browser_support import ARTIFACTS, LiveServer, launch
+from browser_support import ARTIFACTS, LiveServer, browser  # noqa: F401 (browser: a fixture)
 from smollm3_tiny import write_tiny_smollm3
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
@@ -35,16 +35,6 @@ def server(tmp_path_factory, default_model_path):
     live = LiveServer(workdir, models, ARTIFACTS / "browser-server.log").start()
     yield live
     live.stop()
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
