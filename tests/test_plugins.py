@@ -49,7 +49,7 @@ def test_third_party_distribution_is_discovered_through_its_entry_point():
     pm = build_plugin_manager(blocked=[], extra_distributions=["smolsite-hello"])
     hello = {p["name"]: p for p in get_plugins(pm)}["hello"]
     assert hello["distribution"] == "smolsite-hello"
-    assert hello["version"] == "0.2.1"
+    assert hello["version"] == "0.3.0"
     assert hello["module"] == "smolsite_hello"
     assert hello["hooks"] == ["model_features", "prepare_request"]
 
