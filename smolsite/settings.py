@@ -354,7 +354,9 @@ INSTALLED_APPS.append("batches")
 SMOLSITE_BATCH_MAX_LINES = int(os.environ.get("SMOLSITE_BATCH_MAX_LINES", "50000"))
 SMOLSITE_BATCH_MAX_BYTES = int(os.environ.get("SMOLSITE_BATCH_MAX_BYTES", str(100 * 1024 * 1024)))
 SMOLSITE_BATCH_MAX_ACTIVE = int(os.environ.get("SMOLSITE_BATCH_MAX_ACTIVE", "3"))  # in progress per user
-SMOLSITE_BATCH_IN_FLIGHT = int(os.environ.get("SMOLSITE_BATCH_IN_FLIGHT", "32"))  # lines queued at once per batch
+# Lines queued at once across all batches. Each holds a device-worker thread while it waits for an
+# engine slot: keep it below SMOLSITE_WORKER_THREADS so people's chats always find a free thread.
+SMOLSITE_BATCH_IN_FLIGHT = int(os.environ.get("SMOLSITE_BATCH_IN_FLIGHT", "16"))
 SMOLSITE_BATCH_TICK_SECONDS = float(os.environ.get("SMOLSITE_BATCH_TICK_SECONDS", "1"))
 SMOLSITE_BATCH_ATTEMPTS = int(os.environ.get("SMOLSITE_BATCH_ATTEMPTS", "3"))  # runs of a line a dead worker cut
 SMOLSITE_BATCH_DRIVER = env_bool("SMOLSITE_BATCH_DRIVER", True)  # the served process advances batches
