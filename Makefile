@@ -9,7 +9,7 @@ PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/smolsite
 # The Redis database the scaled-out tests use (and flush): keep it for them alone.
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/13
 
-.PHONY: llama-cpp run test worker beat test-sqlite test-postgres test-redis bench install install-test services clean
+.PHONY: llama-cpp run test worker beat test-sqlite test-postgres test-redis bench bench-load install install-test services clean
 
 # llama-cpp-python is built from source once per version, CMake flags and CPU into $(WHEELHOUSE) and
 # installed from there (tools/llama_cpp_wheel.py says why: AMX off, pip's cache bypassed). The
@@ -81,9 +81,14 @@ test-postgres:
 test-redis:
 	REDIS_URL=$(REDIS_TEST_URL) $(VENV)/bin/pytest -p no:cacheprovider -m redis
 
+# One at a time on a quiet machine: each compares against raw llama-cpp-python in the same run.
 bench: install-test services
 	$(PY) bench/run.py
 	$(PY) bench/concurrency.py
+	$(PY) bench/batch.py
+
+bench-load: install-test services
+	$(PY) bench/load.py
 
 clean:
 	rm -rf $(VENV) db.sqlite3 var test-artifacts
