@@ -9,6 +9,7 @@ Rates are django-ratelimit's fixed windows in the shared cache (the same counter
 quotas use). Open sockets are counted in the cache too, per user, each socket's entry expiring
 unless its consumer renews it, so a web process that dies does not leave its sockets counted."""
 import time
+from contextlib import contextmanager
 
 from django.conf import settings
 from django.core.cache import cache
@@ -63,29 +64,58 @@ def _live(entries, now):
     return {name: expiry for name, expiry in (entries or {}).items() if expiry > now}
 
 
+@contextmanager
+def _user_lock(user_id):
+    """The user's socket entries are read, changed and written back under a short lock in the
+    cache (an atomic add), so tabs opened at the same moment cannot both take the last place. A
+    lock that cannot be had within three seconds (its holder died) is gone after LOCK_SECONDS anyway."""
+    key = f"smolsite:sockets-lock:{user_id}"
+    held = False
+    for _ in range(150):
+        held = cache.add(key, 1, LOCK_SECONDS)
+        if held:
+            break
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        if held:
+            cache.delete(key)
+
+
+LOCK_SECONDS = 5
+
+
+def _write(key, entries):
+    cache.set(key, entries, _ttl() * 2)
+
+
 def open_socket(user_id, channel_name):
     """Counts a new socket of this user; raises LimitExceeded when they have the most already."""
     limit = settings.SMOLSITE_MAX_SOCKETS_PER_USER
-    now = time.time()
     key = _sockets_key(user_id)
-    entries = _live(cache.get(key), now)
-    if limit and len(entries) >= limit:
-        raise LimitExceeded(f"You have {len(entries)} chat tabs open, the most one account may have: "
-                            "close one and reload this page.")
-    entries[channel_name] = now + _ttl()
-    cache.set(key, entries, _ttl() * 2)
+    with _user_lock(user_id):
+        now = time.time()
+        entries = _live(cache.get(key), now)
+        if limit and len(entries) >= limit:
+            raise LimitExceeded(f"You have {len(entries)} chat tabs open, the most one account may have: "
+                                "close one and reload this page.")
+        entries[channel_name] = now + _ttl()
+        _write(key, entries)
 
 
 def renew_socket(user_id, channel_name):
-    now = time.time()
     key = _sockets_key(user_id)
-    entries = _live(cache.get(key), now)
-    entries[channel_name] = now + _ttl()
-    cache.set(key, entries, _ttl() * 2)
+    with _user_lock(user_id):
+        now = time.time()
+        entries = _live(cache.get(key), now)
+        entries[channel_name] = now + _ttl()
+        _write(key, entries)
 
 
 def close_socket(user_id, channel_name):
     key = _sockets_key(user_id)
-    entries = _live(cache.get(key), time.time())
-    if entries.pop(channel_name, None) is not None:
-        cache.set(key, entries, _ttl() * 2)
+    with _user_lock(user_id):
+        entries = _live(cache.get(key), time.time())
+        if entries.pop(channel_name, None) is not None:
+            _write(key, entries)

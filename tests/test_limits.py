@@ -5,6 +5,7 @@ Markdown of a whole answer is rendered off the one thread all sockets' database 
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 from channels.db import database_sync_to_async
@@ -74,6 +75,48 @@ async def test_open_sockets_per_user_are_limited(settings):
     assert "Nothing is being generated" in (await next_frame(again))["error"]
     for comm in (first, again, other):
         await comm.disconnect()
+
+
+def test_tabs_opened_at_once_cannot_all_take_the_last_places(settings, monkeypatch):
+    """Eight sockets of one user counted at the same moment (each in its own thread, as consumers
+    do it) with a cache a round trip away: exactly the limit get in."""
+    from django.core.cache import cache
+
+    from chat import limits
+
+    settings.SMOLSITE_MAX_SOCKETS_PER_USER = 3
+
+    class RemoteCache:
+        """Reads take a while, as from Redis: room for another tab between one's read and write."""
+
+        def __getattr__(self, name):
+            return getattr(cache, name)
+
+        def get(self, *args, **kwargs):
+            value = cache.get(*args, **kwargs)
+            time.sleep(0.05)  # the answer on its way back
+            return value
+
+    monkeypatch.setattr(limits, "cache", RemoteCache())
+    start = threading.Barrier(8)
+    accepted = []
+
+    def tab(i):
+        start.wait()
+        try:
+            limits.open_socket(42, f"channel-{i}")
+            accepted.append(i)
+        except limits.LimitExceeded:
+            pass
+
+    threads = [threading.Thread(target=tab, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(accepted) == 3
+    limits.close_socket(42, f"channel-{accepted[0]}")
+    limits.open_socket(42, "channel-late")  # a closed tab freed its place
 
 
 @pytest.mark.django_db(transaction=True)
