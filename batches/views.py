@@ -6,6 +6,7 @@ import json
 from django import forms
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -97,7 +98,9 @@ def page(request):
                 data = csv_to_jsonl(data, form.cleaned_data["model"] or next(iter(all_models())).name,
                                     form.cleaned_data["max_tokens"])
                 name = name[:-4] + ".jsonl"
-            service.create_batch(request.user, service.store_file(request.user, name, data))
+            checked = service.check_file(data)  # seconds for a big file: not inside the transaction
+            with transaction.atomic():  # a refused batch (too many running, ...) leaves no stored file behind
+                service.create_batch(request.user, service.store_file(request.user, name, data), checked=checked)
             return redirect("batches:page")
         except BatchInvalid as exc:
             problem = exc.errors

@@ -12,6 +12,7 @@ before any row exists: every chat/completions answer is a refusal. Runs on SQLit
 (The API has no OpenAPI description to drive schemathesis with; these are hypothesis strategies
 shaped like OpenAI's request bodies, plus fully random ones.)"""
 import json
+import secrets
 from urllib.parse import quote
 
 import pytest
@@ -163,10 +164,30 @@ file_contents = st.one_of(
                                     "body": chat_bodies | json_values}), min_size=1, max_size=3)
     .map(lambda lines: "\n".join(json.dumps(line) for line in lines).encode()),
 )
-# What a client may put in a multipart filename (the test client writes it into the part's header).
-filenames = st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
-                    min_size=1, max_size=80) | st.sampled_from(['a"b.jsonl', "a;b=c.jsonl", "..\\..\\x.jsonl",
-                                                               "<img src=x onerror=alert(1)>.jsonl", "é.csv"])
+# What a client may put in a multipart filename: anything but CR (it ends the part's header line).
+filenames = st.text(alphabet=st.characters(blacklist_characters="\r", blacklist_categories=("Cs",)),
+                    max_size=80) | st.sampled_from(['a"b.jsonl', "a;b=c.jsonl", "..\\..\\x.jsonl", "/", ".", "..",
+                                                    "a\nb.jsonl", "<img src=x onerror=alert(1)>.jsonl", "é.csv"])
+
+
+def multipart(fields, filename, data):
+    """A multipart/form-data body written by hand: Django's test client would refuse some of the
+    names a client can send (SimpleUploadedFile validates them), and the server must not rely on
+    that."""
+    boundary = "fuzz-" + secrets.token_hex(12)
+    out = []
+    for name, value in fields.items():
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+                   + str(value).encode("utf-8", "surrogatepass") + b"\r\n")
+    out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+               f"Content-Type: application/octet-stream\r\n\r\n".encode("utf-8", "surrogatepass") + data + b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out), f"multipart/form-data; boundary={boundary}"
+
+
+def upload(client, path, filename, data, **fields):
+    body, content_type = multipart(fields, filename, data)
+    return client.generic("POST", path, body, content_type=content_type)
 
 
 @fuzz
@@ -174,7 +195,7 @@ filenames = st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklis
 def test_fuzz_file_uploads(site, name, data, purpose):
     user, api, _ = site
     before, files = rows(), BatchFile.objects.count()
-    response = api.post("/v1/files", {"file": SimpleUploadedFile(name, data), "purpose": purpose})
+    response = upload(api, "/v1/files", name, data, purpose=purpose)
     event(str(response.status_code))
     if response.status_code != 200:
         assert_api_error(response)
@@ -326,8 +347,7 @@ def test_fuzz_api_key_form(chat, name, days):
 def test_fuzz_batches_page_upload(chat, name, data, model, max_tokens):
     _, pages = chat
     before, batches = rows(), Batch.objects.count()
-    response = pages.post("/batches/", {"file": SimpleUploadedFile(name, data), "model": model,
-                                        "max_tokens": max_tokens})
+    response = upload(pages, "/batches/", name, data, model=model, max_tokens=max_tokens)
     event(str(response.status_code))
     assert response.status_code in (200, 302, 422), response.status_code
     if response.status_code == 302:
@@ -341,3 +361,15 @@ def test_fuzz_batches_page_upload(chat, name, data, model, max_tokens):
         assert pages.get("/batches/list/", **HX).status_code == 200
     else:
         assert rows() == before
+
+
+def test_a_refused_batch_upload_on_the_page_stores_no_file(chat, settings):
+    """Found by the fuzzer: the page stored the file, then the batch was refused (too many running),
+    leaving an orphan file behind."""
+    settings.SMOLSITE_BATCH_MAX_ACTIVE = 1
+    _, pages = chat
+    assert upload(pages, "/batches/", "one.jsonl", good_line.encode()).status_code == 302
+    before = rows()
+    response = upload(pages, "/batches/", "two.jsonl", good_line.encode())
+    assert response.status_code == 422 and b"at most 1 may run at once" in response.content
+    assert rows() == before
