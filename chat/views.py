@@ -68,7 +68,8 @@ def index(request):
 @require_POST
 def new_chat(request):
     """An empty chat is reused rather than piling up untouched ones."""
-    conv = Conversation.objects.filter(owner=request.user, messages__isnull=True).order_by("-updated_at").first()
+    conv = Conversation.objects.filter(owner=request.user, source="chat", messages__isnull=True) \
+        .order_by("-updated_at").first()
     if conv is None:
         try:
             limits.check_new_chat(request.user)  # SMOLSITE_MAX_CHATS_PER_USER

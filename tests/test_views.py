@@ -191,6 +191,16 @@ def test_new_chat_reuses_an_empty_one(client, alice):
     assert Conversation.objects.filter(owner=alice).count() == 2
 
 
+def test_new_chat_never_reuses_an_api_or_batch_conversation(client, alice):
+    """An API request's conversation has no messages until its rows are made (and batch lines
+    have their own): New chat must not open one of those as the user's fresh chat."""
+    api = Conversation.objects.create(owner=alice, model="smollm2-135m", source="api")
+    batch = Conversation.objects.create(owner=alice, model="smollm2-135m", source="batch")
+    url = client.post(reverse("chat:new")).url
+    assert url not in (reverse("chat:conversation", args=[api.pk]), reverse("chat:conversation", args=[batch.pk]))
+    assert Conversation.objects.get(owner=alice, source="chat").pk == int(url.rstrip("/").split("/")[-1])
+
+
 def test_conversation_page_shows_the_branch_and_escapes_text(client, alice):
     conv = make_conversation(alice, "Markup test")
     add_turn(conv, "<script>alert(1)</script> **not bold**", "Here is **bold** <img src=x onerror=alert(1)>")

@@ -12,6 +12,7 @@
     4401: "Signed out — sign in again.",
     4403: "This chat is not yours or was deleted.",
     4404: "This chat is not yours or was deleted.",
+    4429: "Too many of your chat tabs are open — close some, then reload this one.",
   };
   let closedFor = null; // the final close code, once the server has ended this chat's socket
   const lastSeq = new Map(); // message id -> last event seq folded into the page
@@ -411,6 +412,9 @@
     if (code === 4401) {
       link.href = "/accounts/login/?next=" + encodeURIComponent(location.pathname);
       link.textContent = "Sign in";
+    } else if (code === 4429) {
+      link.href = location.pathname;
+      link.textContent = "Reload";
     } else {
       link.href = "/";
       link.textContent = "Open your chats";
