@@ -326,8 +326,9 @@ def test_fuzz_ids_in_page_urls(chat, segment, tail, prefix, method):
     conv, pages = chat
     before = rows()
     response = getattr(pages, method)(f"/{prefix}/{quote(segment, safe='')}/{tail}", **HX)
-    assert response.status_code in (200, 302, 400, 404, 405), response.status_code
-    assert rows() == before
+    assert response.status_code in (200, 302, 400, 404, 405, 422), response.status_code
+    if response.status_code >= 400:  # (a segment can be the user's own chat: deleting that is allowed)
+        assert rows() == before
 
 
 @fuzz
