@@ -52,12 +52,7 @@ def parse_args():
     p.add_argument("--stack", choices=["embedded", "scaled"], default="embedded",
                    help="embedded: daphne + its device worker on SQLite (default); scaled: PostgreSQL + Redis + "
                         "one Celery device worker")
-    p.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL",
-                                                            "postgres://postgres@127.0.0.1:5432/smolsite_bench"),
-                   help="scaled: a PostgreSQL database this bench creates and drops (default .../smolsite_bench)")
-    p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
-                   help="scaled: a Redis database of its own; it is FLUSHED (default /14)")
-    p.add_argument("--model-path", default=None, help="GGUF file (default: the site's smollm2-135m)")
+    cc.add_stack_db_arguments(p, "smolsite_bench", 14, env="BENCH")
     p.add_argument("--raw-flash-attn", action="store_true",
                    help="raw llama-cpp-python with flash_attn=True (the site's engine has llama.cpp's auto: on)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds the batch may take (default 1800)")

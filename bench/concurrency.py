@@ -54,6 +54,17 @@ def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
+def add_stack_db_arguments(p, database, redis_db, env):
+    """The scaled stack's own PostgreSQL and Redis databases, and the model (shared by the benches)."""
+    p.add_argument("--database-url", default=os.environ.get(f"{env}_DATABASE_URL",
+                                                            f"postgres://postgres@127.0.0.1:5432/{database}"),
+                   help=f"scaled: a PostgreSQL database this bench creates and drops (default .../{database}; "
+                        "its name must contain 'bench')")
+    p.add_argument("--redis-url", default=os.environ.get(f"{env}_REDIS_URL", f"redis://127.0.0.1:6379/{redis_db}"),
+                   help=f"scaled: a Redis database of its own; it is FLUSHED (default /{redis_db})")
+    p.add_argument("--model-path", default=None, help="GGUF file (default: the site's smollm2-135m)")
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--people", default="1,4,8,16", help="comma-separated user counts for people_N (default 1,4,8,16)")
@@ -66,12 +77,7 @@ def parse_args():
     p.add_argument("--stack", choices=["embedded", "scaled"], default="embedded",
                    help="embedded: daphne + in-process device worker on SQLite (default); scaled: "
                         "PostgreSQL + Redis + one Celery device worker")
-    p.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL",
-                                                            "postgres://postgres@127.0.0.1:5432/smolsite_bench"),
-                   help="scaled: a PostgreSQL database this bench creates and drops (default .../smolsite_bench)")
-    p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
-                   help="scaled: a Redis database of its own; it is FLUSHED (default /14)")
-    p.add_argument("--model-path", default=None, help="GGUF file (default: the site's smollm2-135m)")
+    add_stack_db_arguments(p, "smolsite_bench", 14, env="BENCH")
     p.add_argument("--raw-runs", type=int, default=3,
                    help="measured raw llama-cpp-python runs per scenario, the median reported (default 3)")
     p.add_argument("--raw-flash-attn", action="store_true",

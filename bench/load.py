@@ -51,12 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--stack", choices=["embedded", "scaled", "both"], default="both",
                    help="embedded (SQLite, the device worker a child of the web process), scaled "
                         "(PostgreSQL + Redis + one Celery device worker) or both (default)")
-    p.add_argument("--database-url", default=os.environ.get("LOAD_DATABASE_URL",
-                                                            "postgres://postgres@127.0.0.1:5432/smolsite_loadbench"),
-                   help="scaled: a database this bench creates and drops (its name must contain 'bench')")
-    p.add_argument("--redis-url", default=os.environ.get("LOAD_REDIS_URL", "redis://127.0.0.1:6379/15"),
-                   help="scaled: a Redis database of its own; it is FLUSHED (default /15)")
-    p.add_argument("--model-path", default=None, help="GGUF file (default: the site's smollm2-135m)")
+    concurrency.add_stack_db_arguments(p, "smolsite_loadbench", 15, env="LOAD")
     p.add_argument("--timeout", type=float, default=600,
                    help="seconds answers still running at the end may take to finish (default 600)")
     p.add_argument("--seed", type=int, default=1)
