@@ -306,15 +306,19 @@ class Tab:
     async def send(self, frame):
         await self.ws.send(json.dumps(frame))
 
-    async def until(self, predicate, timeout=ANSWER_SECONDS, what="a frame"):
-        async with asyncio.timeout(timeout):
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                assert not self.reader.done(), f"the socket to {self.url} closed: {self.frames[-3:]}"
-                self.changed.clear()
-                await self.changed.wait()
+    async def until(self, predicate, timeout=ANSWER_SECONDS, what="the awaited frame"):
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    value = predicate()
+                    if value:
+                        return value
+                    assert not self.reader.done(), f"the socket to {self.url} closed: {self.frames[-3:]}"
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"{self.url} got no {what} in {timeout} s; its last frames: "
+                                 f"{json.dumps(self.frames[-3:])[:1500]}") from None
 
     def events(self, message):
         return [e for f in self.frames if f["type"] == "events" and f["message"] == message for e in f["events"]]
@@ -324,6 +328,16 @@ class Tab:
 
     def done(self, message):
         return next((e for e in self.events(message) if e["kind"] == "done"), None)
+
+    def ended(self, message):
+        """How the message ended, as this tab learnt it: its "done" event, or (when the end was
+        announced from the saved text, behind what the tab had already streamed, as the reaper
+        does) the "final" frame alone."""
+        done = self.done(message)
+        if done:
+            return done["status"]
+        final = next((f for f in self.frames if f["type"] == "final" and f["message"] == message), None)
+        return re.search(r'data-status="(\w+)"', final["html"]).group(1) if final else None
 
     def active(self, after=None):
         """The id of the newest answer this tab was told of (a "thread" frame), newer than ``after``."""
@@ -447,11 +461,12 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment(default_model_path):
+def deployment(default_model_path, request):
     reason = why_not()
     if reason:
         pytest.skip(reason)
     stack = Deployment(default_model_path)
+    failed = request.session.testsfailed
     try:
         try:
             stack.up()
@@ -459,6 +474,8 @@ def deployment(default_model_path):
             print(stack.logs())  # shown with the failure
             raise
         yield stack
+        if request.session.testsfailed > failed:
+            print(stack.logs())  # every host's log tail, with the last test's report
     finally:
         stack.down()
         # Nothing is left: no namespace of this run, no process.
@@ -555,7 +572,7 @@ def test_a_worker_killed_mid_stream_is_absorbed(deployment, person):
         victim = deployment.worker_of(row["worker_id"])
         deployment.procs.kill(victim)  # SIGKILL: no goodbye, its heartbeat just stops
         for tab in tabs:
-            await tab.until(lambda: tab.done(reply), what="the interrupted answer's end")
+            await tab.until(lambda: tab.ended(reply), what="the interrupted answer's end")
         partial = message_row(reply)
         # Retry, from the other web host's tab: the surviving worker answers.
         await tabs[1].send({"action": "regenerate"})
@@ -569,7 +586,7 @@ def test_a_worker_killed_mid_stream_is_absorbed(deployment, person):
     reply, retry, victim, before_kill, partial, tabs = deployment.client.run(scenario())
     assert not deployment.procs.alive(victim)
     for tab in tabs:
-        assert tab.done(reply)["status"] == "interrupted", tab.done(reply)
+        assert tab.ended(reply) == "interrupted", tab.frames[-2:]
         assert tab.done(retry)["status"] == "done"
         assert tab.text(retry) == question
     assert partial["status"] == "interrupted" and "worker stopped" in partial["error"]
