@@ -39,6 +39,7 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
         self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
         self.sent_seq = {}  # message id -> last seq sent to this client
         self.gaps = {}  # message id -> events held back while re-reading the database
+        self.streaming = {}  # message id -> when this tab last heard of it, until its final frame
         if not self.user or not self.user.is_authenticated:
             return await self.refuse(SIGNED_OUT)
         await self.remember_auth()
@@ -208,6 +209,7 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
             return
         html, title = await self._thread()
         self.sent_seq.setdefault(event["message"], 0)
+        self._heard(event["message"])
         await self.send_json({"type": "thread", "html": html, "title": title, "active": event["message"]})
 
     async def gen_events(self, event):
@@ -235,6 +237,7 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
 
     async def _forward(self, message_id, events):
         self.sent_seq[message_id] = events[-1]["seq"]
+        self._heard(message_id)
         await self.send_json({"type": "events", "message": message_id, "events": events})
         if any(e["kind"] == "done" for e in events):
             await self._send_final(message_id)
@@ -266,6 +269,7 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
         if snap is None:
             return await self.error("No such message.", action="resume")
         self.sent_seq[message_id] = snap["seq"]
+        self._heard(message_id)
         await self.send_json(snap)
         if snap["status"] not in Message.ACTIVE:
             await self._send_final(message_id)
@@ -278,7 +282,31 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
         return {"type": "snapshot", "message": m.pk, "seq": m.stream_seq, "status": m.status,
                 "content": m.content, "reasoning": m.reasoning}
 
+    def _heard(self, message_id):
+        self.streaming[message_id] = asyncio.get_running_loop().time()
+
+    async def on_watch_tick(self):
+        """Events travel over the channel layer, which can drop some (Redis restarted, a
+        subscription lost for a moment): an answer this tab has heard nothing of for a while is
+        re-read from the database and brought up to date, and ended here if it has ended."""
+        now = asyncio.get_running_loop().time()
+        for message_id, heard in list(self.streaming.items()):
+            if now - heard < settings.SMOLSITE_WS_STALL_SECONDS or message_id in self.gaps:
+                continue
+            snap = await self._snapshot(message_id)
+            self.streaming[message_id] = now
+            if snap is None:
+                self.streaming.pop(message_id, None)
+            elif snap["status"] not in Message.ACTIVE:
+                self.sent_seq[message_id] = snap["seq"]
+                await self.send_json(snap)
+                await self._send_final(message_id)
+            elif snap["seq"] > self.sent_seq.get(message_id, 0):
+                self.sent_seq[message_id] = snap["seq"]
+                await self.send_json(snap)
+
     async def _send_final(self, message_id):
+        self.streaming.pop(message_id, None)
         context = await self._message_context(message_id)
         if context is not None:
             html = await off_loop(render_to_string)("chat/_message.html", context)

@@ -137,6 +137,12 @@ class SessionRecheckMixin:
                 await self.still_allowed()
             except Exception:  # a database hiccup: check again next time
                 logger.warning("could not re-check a chat socket's session", exc_info=True)
+            tick = getattr(self, "on_watch_tick", None)
+            if tick is not None and not self.closing:
+                try:
+                    await tick()
+                except Exception:  # a database hiccup: again next time
+                    logger.warning("a chat socket's periodic check failed", exc_info=True)
             if getattr(self, "socket_counted", False) and not self.closing:
                 try:  # still open: its entry in the user's open-socket count must not expire
                     await sync_to_async(renew_socket, thread_sensitive=False)(self.user.pk, self.channel_name)

@@ -348,6 +348,9 @@ SMOLSITE_SEARCH_SCAN_MESSAGES = int(os.environ.get("SMOLSITE_SEARCH_SCAN_MESSAGE
 # Open websockets re-check their session (still there, user active, password unchanged) and
 # their chat (still theirs) this often, on every frame, and before forwarding new events.
 SMOLSITE_WS_AUTH_SECONDS = float(os.environ.get("SMOLSITE_WS_AUTH_SECONDS", "5"))
+# An answer a tab has heard nothing of this long is re-read from the database at the socket's next
+# periodic check (every SMOLSITE_WS_AUTH_SECONDS): events the channel layer dropped are made good.
+SMOLSITE_WS_STALL_SECONDS = float(os.environ.get("SMOLSITE_WS_STALL_SECONDS", "5"))
 
 # Batches (batches/): OpenAI Batch API jobs run at background priority on the device workers.
 INSTALLED_APPS.append("batches")

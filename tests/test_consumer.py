@@ -384,3 +384,34 @@ async def test_a_failing_group_event_is_an_error_frame(monkeypatch):
     monkeypatch.undo()
     await assert_still_usable(comm)
     await comm.disconnect()
+
+
+async def test_an_end_the_channel_layer_dropped_still_reaches_the_tab(settings):
+    """The layer can lose events (Redis restarted mid-answer): an answer the tab has heard nothing of
+    for SMOLSITE_WS_STALL_SECONDS is re-read from the database at the socket's periodic check, and
+    its saved text and end reach the tab although no event announced them."""
+    settings.SMOLSITE_WS_AUTH_SECONDS = 0.2
+    settings.SMOLSITE_WS_STALL_SECONDS = 0.3
+    user, conv = await make_conversation()
+
+    @database_sync_to_async
+    def rows():
+        q = Message.objects.create(conversation=conv, role="user", content="Hi")
+        a = Message.objects.create(conversation=conv, parent=q, role="assistant", status="streaming",
+                                   content="Hel", stream_seq=1, model_name="smollm2-135m")
+        Conversation.objects.filter(pk=conv.pk).update(current_leaf=a)
+        return a
+
+    reply = await rows()
+    comm, connected, _ = await connect(user, conv.pk)
+    assert connected
+    snap = json.loads(await comm.receive_from(timeout=10))  # an answer running at connect: its text
+    assert snap["type"] == "snapshot" and snap["content"] == "Hel"
+    # The worker saves more and ends; every event about it is lost on the way.
+    await database_sync_to_async(Message.objects.filter(pk=reply.pk).update)(
+        content="Hello there.", stream_seq=4, status="done", finish_reason="stop")
+    frames = await receive_until(comm, lambda f: f["type"] == "final", timeout=30)
+    assert [f["type"] for f in frames] == ["snapshot", "final"]
+    assert frames[0]["content"] == "Hello there." and frames[0]["status"] == "done"
+    assert frames[1]["message"] == reply.pk
+    await comm.disconnect()
