@@ -223,9 +223,10 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
         fresh = [e for e in event["events"] if e["seq"] > last]
         if not fresh:
             # An end announced by someone else (the reaper numbers from the saved text, which
-            # may lag what this tab has seen) still ends the message here.
+            # may lag what this tab has seen) still ends the message here: the saved text with
+            # its status, then the final frame.
             if any(e["kind"] == "done" for e in event["events"]):
-                await self._send_final(message_id)
+                await self._send_snapshot(message_id)
             return
         if fresh[0]["seq"] != last + 1 and fresh[0]["kind"] != "done":
             # Events were published before this socket joined the group: re-read the
