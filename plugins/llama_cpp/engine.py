@@ -227,14 +227,18 @@ class BatchEngine:
         for job in jobs:
             if job.pending is not None:
                 rows.append((job, job.pending, len(job.kv), True))
-        budget = self.batch_tokens - len(rows)
-        if rows:
-            budget = min(budget, self.chunk_tokens)
-        # Prompt chunks, starting with a different sequence each step so two long prompts share.
         prefilling = [j for j in jobs if j.n_past < len(j.tokens)]
+        budget = self.batch_tokens - len(rows)
+        if rows or len(prefilling) > 1:
+            # Others are streaming, or several prompts wait: small steps, so streams keep flowing
+            # and the prompts that are nearly done get their first token soon, not all at the end.
+            budget = min(budget, self.chunk_tokens)
         if prefilling:
+            # Shortest remaining prompt first (it minimises the mean wait for a first token); among
+            # equals a different one leads each step, so two long prompts share the chunks.
             start = self.steps % len(prefilling)
-            for job in prefilling[start:] + prefilling[:start]:
+            rotated = prefilling[start:] + prefilling[:start]
+            for job in sorted(rotated, key=lambda j: len(j.tokens) - j.n_past):
                 if budget <= 0:
                     break
                 take = min(len(job.tokens) - job.n_past, budget)
