@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from browser_support import REPO
+from live_stack import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.model, pytest.mark.timeout(1200)]
 
@@ -69,18 +69,6 @@ def sh(*argv, timeout=120):
     if done.returncode:
         raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout
-
-
-def wait_for(predicate, timeout, what, interval=0.3):
-    """Poll until truthy; the deadline only bounds a hang."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what} after {timeout} s")
-        time.sleep(interval)
 
 
 # ---- the hosts --------------------------------------------------------------------------------------

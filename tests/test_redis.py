@@ -32,6 +32,7 @@ from inference import dispatch
 from inference.plugins import OWN_DISTRIBUTION, _entry_points
 from inference.stop import is_stop_requested, request_stop
 from inference.workers import alive_workers, is_alive
+from live_stack import assembled_text
 
 pytestmark = [
     pytest.mark.redis,
@@ -277,22 +278,6 @@ async def frames_until(comm, predicate, timeout=GEN_TIMEOUT):
                 return frames
 
 
-def streamed_text(frames, message_id):
-    """The text a websocket client assembles, checking the consumer's seq numbers on the way."""
-    text, last = "", 0
-    for f in frames:
-        if f.get("message") != message_id:
-            continue
-        if f["type"] == "snapshot":
-            text, last = f["content"], f["seq"]
-        elif f["type"] == "events":
-            for e in f["events"]:
-                assert e["seq"] == last + 1, f"seq {e['seq']} after {last}"
-                last = e["seq"]
-                text += e["text"] if e["kind"] == "text" else ""
-    return text
-
-
 # ---- (a) generation through the Celery worker -----------------------------------------------------
 
 @pytest.mark.asyncio
@@ -322,7 +307,7 @@ async def test_greedy_generation_through_a_celery_worker_over_redis(worker, laye
     assert message.stream_seq == events[-1]["seq"] - 1  # persisted with the row, before "done" went out
 
     # What the websocket client received through the consumer equals the persisted row.
-    assert streamed_text(frames, reply_id) == message.content and message.content.strip()
+    assert assembled_text(frames, reply_id) == message.content and message.content.strip()
 
     # Usage counts, on the row and in the final event.
     stats = events[-1]["stats"]
@@ -355,7 +340,7 @@ async def test_stop_mid_stream_keeps_the_partial_text(worker, layer):
 
     message = await get_message(reply_id)
     assert message.status == "stopped"
-    assert message.content.strip() and streamed_text(frames, reply_id) == message.content
+    assert message.content.strip() and assembled_text(frames, reply_id) == message.content
     assert 0 < message.completion_tokens < 1000
     done = [e for f in frames if f["type"] == "events" for e in f["events"] if e["kind"] == "done"]
     assert done and done[0]["status"] == "stopped" and done[0]["stats"]["finish_reason"] == "stopped"
