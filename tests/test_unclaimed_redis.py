@@ -11,9 +11,10 @@ from django.conf import settings
 
 from chat.models import Message
 from chat.reaper import reap
+from live_stack import assembled_text
 from smolsite.celery import app
 from test_redis import (SHORT, _clear_cache, _fresh_channel_layer, connect, cpu_worker, frames_until,  # noqa: F401
-                        layer, make_conversation, redis_db, streamed_text, worker)
+                        layer, make_conversation, redis_db, worker)
 
 pytestmark = [
     pytest.mark.redis,
@@ -76,7 +77,7 @@ async def test_a_task_redis_lost_is_queued_again_and_answered(worker, layer, red
     message = await database_sync_to_async(Message.objects.get)(pk=reply_id)
     assert message.status == "done" and message.content.strip() and message.options["requeued_at"]
     assert message.worker_id == worker.worker_id
-    assert streamed_text(frames, reply_id) == message.content
+    assert assembled_text(frames, reply_id) == message.content
     await comm.disconnect()
 
 
