@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from inference.backends import Delta, Finish, GenerationRequest, Queued, SamplingParams
+from plugins.llama_cpp.engine import Job
 from plugins.llama_cpp.kv import common_prefix
 
 pytestmark = pytest.mark.model
@@ -91,6 +92,41 @@ def test_admission_and_retirement_under_churn(bundled_registry):
             assert finish.completion_tokens == n
     stats = backend.stats()
     assert stats["running"] == 0 and stats["waiting"] == 0
+
+
+def test_prompts_sent_together_get_their_first_tokens_one_step_apart_shortest_first(bundled_registry):
+    """Eight people pressing Send at once: prefilling every prompt in one step would give them all
+    their first token after that long step; one prompt completing per step, shortest first, gives
+    the first person theirs after one short step and the median person after half the work."""
+    backend = bundled_registry(slots=6).backend("m")
+    engine = backend.engine
+
+    def job(content, user):
+        req = request(content, user=user, max_tokens=3)
+        tokens, public = backend._tokenize(backend.render_prompt(req))
+        return Job(tokens, req.params, user=user, public=public)
+
+    warm = engine.submit(job("Hi.", "warm-up"))  # the template's opening resident, as on a live site
+    while not isinstance(warm.out.get(timeout=120), Finish):
+        pass
+    contents = ["Count the apples: " + "apple, " * n for n in (1, 4, 8, 13, 19)]  # distinct lengths
+    jobs = [job(c, f"person-{i}") for i, c in enumerate(reversed(contents))]  # longest sent first
+    with engine.cv:  # all waiting when the engine next looks, as if sent at the same moment
+        for j in jobs:
+            engine.submit(j)
+    finishes = {}
+    for j in jobs:
+        while not isinstance(chunk := j.out.get(timeout=120), Finish):
+            pass
+        finishes[j.id] = chunk
+    assert all(f.reason in ("stop", "length") for f in finishes.values())
+    remaining = {j.id: len(j.tokens) - finishes[j.id].cached_tokens for j in jobs}
+    assert len(set(remaining.values())) == len(jobs), remaining  # distinct prompt lengths to order by
+    by_first = sorted(jobs, key=lambda j: j.marks["first_token"][0])
+    steps = [j.marks["first_token"][0] for j in by_first]
+    assert steps == list(range(steps[0], steps[0] + len(jobs))), steps  # one first token per step
+    assert [remaining[j.id] for j in by_first] == sorted(remaining.values())  # shortest first
+    assert steps[0] - jobs[0].marks["submitted"][0] == 1  # the shortest needed a single step
 
 
 def test_stop_one_sequence_among_several_also_during_prefill(bundled_registry):

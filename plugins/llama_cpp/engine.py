@@ -234,8 +234,12 @@ class BatchEngine:
             # and the prompts that are nearly done get their first token soon, not all at the end.
             budget = min(budget, self.chunk_tokens)
         if prefilling:
-            # Shortest remaining prompt first (it minimises the mean wait for a first token); among
-            # equals a different one leads each step, so two long prompts share the chunks.
+            # Shortest remaining prompt first: it minimises the mean wait for a first token. While
+            # others wait or stream, a step completes at most one prompt, so eight short prompts
+            # sent at once get their first tokens one short step apart, not all together after one
+            # long step (a median of four short steps instead of eight). Among equals a different
+            # one leads each step, so two long prompts share the chunks.
+            contended = bool(rows) or len(prefilling) > 1
             start = self.steps % len(prefilling)
             rotated = prefilling[start:] + prefilling[:start]
             for job in sorted(rotated, key=lambda j: len(j.tokens) - j.n_past):
@@ -245,6 +249,8 @@ class BatchEngine:
                 for k in range(job.n_past, job.n_past + take):
                     rows.append((job, job.tokens[k], k, k == len(job.tokens) - 1))
                 budget -= take
+                if contended and job.n_past + take == len(job.tokens):
+                    break
         if not rows:
             return
         if not self.table.make_room(len(rows)):
