@@ -183,6 +183,31 @@ def test_prefix_reuse_is_scoped_to_the_user(bundled_registry):
     assert stats["prefix_hits"] >= 1 and stats["prefix_misses"] >= 1 and stats["prefix_shared_hits"] >= 1
 
 
+def test_idle_history_leaves_the_kv_cache_while_others_decode_and_returns_from_host_ram(bundled_registry):
+    """Every step's attention spans the occupied KV cells, idle conversations' too: while anyone
+    decodes, idle sequences keep at most ``resident_cells``; the rest wait in the host tier."""
+    backend = bundled_registry(slots=2, resident_cells=64).backend("m")
+    history = "Remember these words: " + " ".join(f"word{i}" for i in range(80)) + "."
+    first_text, finish, _ = collect(backend, request(history, user="alice", max_tokens=4))
+    alice_cells = finish.prompt_tokens
+    assert alice_cells > 150
+    # Nothing else decodes: alice's conversation stays resident however long it is.
+    assert backend.stats()["kv_cells_used"] >= alice_cells and backend.stats()["host_entries"] == 0
+
+    _, finish, _ = collect(backend, request("Say hello.", user="bob", max_tokens=4))
+    stats = backend.stats()
+    assert stats["host_entries"] == 1  # alice's history moved to host RAM when bob's steps ran
+    assert stats["kv_cells_used"] <= 64  # what stays resident: bob's short turn only
+
+    follow = GenerationRequest(id="f", model="m", user_key="alice", params=SamplingParams(temperature=0.0, max_tokens=4),
+                               messages=[{"role": "user", "content": history},
+                                         {"role": "assistant", "content": first_text},
+                                         {"role": "user", "content": "Which word came first?"}])
+    _, finish, _ = collect(backend, follow)
+    assert finish.cached_tokens > alice_cells - 8  # restored from the host tier, not prefilled again
+    assert backend.stats()["prefix_host_hits"] == 1
+
+
 def test_a_fully_cached_prompt_samples_from_its_own_logits(bundled_registry):
     """Retry after a stop at the first token: the prompt is entirely cached, and the context last
     decoded another conversation; the first token must still be the prompt's own."""

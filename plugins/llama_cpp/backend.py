@@ -70,6 +70,7 @@ class LlamaCppBackend(Backend):
         self.kv_tokens = max(model.n_ctx, _setting(model, "kv_tokens", "SMOLSITE_KV_TOKENS", 16384))
         self.per_user = _setting(model, "user_concurrency", "SMOLSITE_USER_CONCURRENCY", 4)
         self.state_cache_mb = _setting(model, "state_cache_mb", "SMOLSITE_STATE_CACHE_MB", 512)
+        self.resident_cells = _setting(model, "resident_cells", "SMOLSITE_RESIDENT_CELLS", 2048)
         # llama.cpp's "auto" turns flash attention on where the device supports it.
         self.flash_attn = str(model.options.get("flash_attn", os.environ.get("SMOLSITE_FLASH_ATTN", "auto"))).lower()
 
@@ -106,6 +107,7 @@ class LlamaCppBackend(Backend):
                                   chunk_tokens=self.chunk_tokens,
                                   per_user=self.per_user, capacity=self.kv_tokens,
                                   host_budget=self.state_cache_mb * 1024 * 1024,
+                                  resident_cells=self.resident_cells,
                                   visible_special=self._visible_special_tokens(), name=self.model.name)
 
     def _context_params(self):

@@ -56,7 +56,7 @@ class Job:
 
 class BatchEngine:
     def __init__(self, model, ctx, *, slots, batch_tokens, per_user, capacity, host_budget,
-                 chunk_tokens=None, visible_special=(), name="engine"):
+                 chunk_tokens=None, resident_cells=None, visible_special=(), name="engine"):
         self.model = model  # llama_cpp._internals.LlamaModel (tokenizer and vocab)
         self.ctx = ctx  # a raw llama_context pointer owned by this engine's thread
         self.vocab = model.vocab
@@ -66,7 +66,8 @@ class BatchEngine:
         # waits for the whole step); alone, it takes the full batch and prefills at full speed.
         self.chunk_tokens = min(chunk_tokens or batch_tokens, batch_tokens)
         self.visible_special = set(visible_special)
-        self.table = SlotTable(ctx, n_seq=slots * 2, capacity=capacity, host_budget=host_budget)
+        self.table = SlotTable(ctx, n_seq=slots * 2, capacity=capacity, host_budget=host_budget,
+                               resident_budget=resident_cells)
         self.scheduler = Scheduler(per_user=per_user)
         self.active = []
         self.batch = llama_cpp.llama_batch_init(batch_tokens + slots, 0, 1)
@@ -223,6 +224,7 @@ class BatchEngine:
         jobs = [j for j in jobs if not j.cancelled]
         if not jobs:
             return
+        self.table.trim_idle()  # only while something decodes: an idle engine keeps its history
         rows = []  # (job, token, pos, wants_logits)
         for job in jobs:
             if job.pending is not None:

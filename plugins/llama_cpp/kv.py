@@ -71,12 +71,14 @@ class HostTier:
 
 
 class SlotTable:
-    def __init__(self, ctx, n_seq, capacity, host_budget):
+    def __init__(self, ctx, n_seq, capacity, host_budget, resident_budget=None):
         self.ctx = ctx
         self.mem = llama_cpp.llama_get_memory(ctx)
         self.slots = [Slot(i) for i in range(n_seq)]
         self.capacity = capacity  # KV cells shared by all sequences (unified KV cache)
         self.host = HostTier(host_budget)
+        # Idle sequences' cells kept in the KV cache while others decode (None: no limit).
+        self.resident_budget = resident_budget
         self.hits = self.misses = self.host_hits = self.shared_hits = 0
 
     def cells_used(self):
@@ -144,6 +146,21 @@ class SlotTable:
                 break
             self._evict(slot)
         return self.cells_used() + cells <= self.capacity
+
+    def trim_idle(self):
+        """Every step's attention spans the occupied KV cells, idle sequences' too: one idle
+        2,900-token history cost a single stream 12% of its decode speed here, five of them 34%.
+        So while anything decodes, idle sequences keep at most ``resident_budget`` cells; the least
+        recently used move to the host tier (restoring one costs milliseconds, not a prefill)."""
+        if self.resident_budget is None:
+            return
+        idle = sorted((s for s in self.slots if not s.busy and s.tokens), key=lambda s: s.used_at)
+        held = sum(len(s.tokens) for s in idle)
+        for slot in idle:
+            if held <= self.resident_budget:
+                break
+            held -= len(slot.tokens)
+            self._evict(slot)
 
     def forget_idle(self):
         for slot in self.slots:
