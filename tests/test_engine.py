@@ -296,6 +296,8 @@ def test_metrics_show_the_engines_of_live_workers(loaded_registry, admin_client)
         assert samples[("smolsite_engine_slots", labels)] == slots
         assert samples[("smolsite_engine_kv_usage_ratio", labels)] == 0
         assert types["smolsite_engine_prefix_hits"] == "counter"
+        assert types["smolsite_engine_preemptions"] == "counter"
+        assert samples[("smolsite_engine_preemptions_total", labels)] == 0
         engines = admin_client.get("/metrics.json").json()["engines"]
         assert engines["cpu@test:1"]["smollm2-135m"]["running"] == 0
     finally:

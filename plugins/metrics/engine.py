@@ -21,6 +21,7 @@ FIGURES = {
     "prefix_shared_hits": ("prefix_shared_hits", "counter",
                            "requests that reused only the template's user-independent opening"),
     "prefix_misses": ("prefix_misses", "counter", "requests prefilled from scratch"),
+    "preemptions": ("preemptions", "counter", "background sequences paused for a person's request"),
 }
 LABELS = ["worker", "device", "model"]
 
