@@ -1,5 +1,7 @@
 """Model output to safe HTML: Markdown with highlighted code, then sanitized, so an answer can
 never run script or inject markup whatever the model writes."""
+import functools
+
 import nh3
 from markdown_it import MarkdownIt
 from pygments import highlight
@@ -37,8 +39,24 @@ ALLOWED_ATTRIBUTES = {
 }
 
 
+# Every new turn re-renders the tab's whole thread, so the same answers come back over and over;
+# a long chat would re-highlight all its code on every send. Huge texts are not kept.
+CACHE_ENTRIES = 512
+CACHE_MAX_CHARS = 64 * 1024
+
+
 def render_markdown(text):
-    html = _md.render(text or "")
+    text = text or ""
+    return _render(text) if len(text) > CACHE_MAX_CHARS else _render_cached(text)
+
+
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
+def _render_cached(text):
+    return _render(text)
+
+
+def _render(text):
+    html = _md.render(text)
     return nh3.clean(
         html,
         tags=ALLOWED_TAGS,

@@ -574,3 +574,29 @@ def test_page_and_search_query_counts_do_not_grow_with_the_history(client, alice
     url = reverse("chat:list") + "?q=answer 299"
     assert _queries_for(client, url, **HX) == _queries_for(client, reverse("chat:list") + "?q=small", **HX) + 1
     assert "big" in client.get(url, **HX).content.decode()
+
+
+def test_a_threads_answers_are_rendered_once_not_on_every_turn(alice, monkeypatch):
+    """Each new turn re-renders the tab's whole thread: answers seen before come from the cache."""
+    import uuid
+
+    from chat import markdown
+    from chat.rendering import render_thread
+
+    conv = make_conversation(alice)
+    tag = uuid.uuid4().hex  # texts no earlier test rendered
+    for i in range(30):
+        add_turn(conv, f"Question {i}", f"Answer {i} {tag}\n\n```python\nx = {i}\n```")
+    renders = []
+    real = markdown._md.render
+    monkeypatch.setattr(markdown._md, "render", lambda text: renders.append(text) or real(text))
+    first = render_thread(conv)
+    assert len(renders) == 30 and f"Answer 29 {tag}" in first
+    add_turn(conv, "One more", f"The last answer {tag}")
+    second = render_thread(conv)
+    assert renders[30:] == [f"The last answer {tag}"]  # only the new answer was rendered
+    assert first.split(f"Answer 29 {tag}")[0] in second  # the same HTML for the earlier answers
+    huge = "word " * (markdown.CACHE_MAX_CHARS // 5 + 1)  # too big to keep: rendered each time
+    markdown.render_markdown(huge)
+    markdown.render_markdown(huge)
+    assert renders.count(huge) == 2
