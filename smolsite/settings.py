@@ -106,6 +106,8 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     # An unreachable database answers 503 saying so, not a 500 (chat.db_unavailable).
     "chat.db_unavailable.DatabaseUnavailableMiddleware",
+    # A NUL in the path is a 400 before any view, and dropped from the query (PostgreSQL text cannot hold it).
+    "chat.nul_guard.NulCharacterMiddleware",
 ]
 
 ROOT_URLCONF = "smolsite.urls"

@@ -577,3 +577,33 @@ def test_fuzz_frames_always_answer_with_one_error_and_keep_the_socket():
         loop.run_until_complete(comm.disconnect())
     finally:
         loop.close()
+
+
+@pytest.mark.django_db
+def test_a_nul_in_the_path_is_a_400_and_dropped_from_the_query(client):
+    """PostgreSQL text cannot hold NUL: a lookup by such an id or filter used to be a 500 there."""
+    from batches.models import Batch
+    from chat.nul_guard import refusal
+    from django.test import RequestFactory
+
+    alice = get_user_model().objects.create_user("alice", password="correct-horse-battery-9")
+    client.force_login(alice)
+    for url in ("/batches/%00/input/", "/batches/batch_%00/cancel/", "/c/%00/thread/"):
+        response = client.post(url) if url.endswith("cancel/") else client.get(url)
+        assert response.status_code == 400, url
+        assert "NUL character" in response.content.decode()
+    # The API answers in OpenAI's shape, before it even looks at the key.
+    for url in ("/v1/files/file-%00", "/v1/batches/%00/cancel"):
+        response = Client().get(url)
+        assert response.status_code == 400, url
+        assert response.json()["error"]["code"] == "invalid_characters"
+    assert Batch.objects.count() == 0
+    # In the query string a NUL is dropped and the rest kept, so filters never reach the database with one.
+    request = RequestFactory().get("/v1/files?purpose=bat%00ch&after=%00&%00q=a%00b&x=1")
+    assert refusal(request) is None
+    assert request.GET.dict() == {"purpose": "batch", "after": "", "q": "ab", "x": "1"}
+    assert client.get("/batches/?x=%00").status_code == 200
+    # Everything else goes through as before.
+    assert client.get("/batches/").status_code == 200
+    assert client.get("/batches/batch_0123/input/").status_code == 404
+    assert Client().get("/v1/files").status_code == 401
