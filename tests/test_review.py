@@ -508,12 +508,15 @@ def test_messages_flag_and_note_are_the_only_editable_fields(client, world, sett
 def test_batch_admin_never_shows_line_bodies_or_answers(client):
     """Batch line bodies and responses are message text: the batch admin shows state and counts and
     links the line's conversation (whose transcript is reason-gated and audited), never the text."""
+    from django.contrib.admin.utils import quote as admin_quote
+
     from batches.models import Batch, BatchLine
 
     root = user("root", is_staff=True, is_superuser=True)
     owner = user("dora")
     conv = Conversation.objects.create(owner=owner, title="t", model="smollm2-135m", source="batch")
-    batch = Batch.objects.create(owner=owner, status="completed", total=1, completed=1)
+    batch = Batch.objects.create(id="batch_2267e035020df7f0cf3128aa", owner=owner, status="completed",
+                                 total=1, completed=1)
     line = BatchLine.objects.create(
         batch=batch, index=0, custom_id="line-1", status="completed", conversation_id=conv.pk,
         body={"model": "smollm2-135m", "messages": [{"role": "user", "content": "ZEBRA-BODY"}]},
@@ -521,7 +524,8 @@ def test_batch_admin_never_shows_line_bodies_or_answers(client):
     client.force_login(root)
     for url in (reverse("admin:batches_batchline_change", args=[line.pk]),
                 reverse("admin:batches_batchline_changelist"),
-                reverse("admin:batches_batch_change", args=[batch.pk])):
+                # The admin escapes ids in its URLs ("_22" would read as '"'): as its own links do.
+                reverse("admin:batches_batch_change", args=[admin_quote(batch.pk)])):
         response = client.get(url)
         assert response.status_code == 200, url
         assert MARK not in response.content.decode().lower(), url
