@@ -255,12 +255,8 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
             await asyncio.sleep(RESYNC_WAIT)
             held = self.gaps[message_id]
         held = self.gaps.pop(message_id, [])
-        if snap is None:
+        if snap is None or await self._deliver_snapshot(snap):
             return
-        await self.send_json(snap)
-        self.sent_seq[message_id] = snap["seq"]
-        if snap["status"] not in Message.ACTIVE:
-            return await self._send_final(message_id)
         rest = [e for e in held if e["seq"] > snap["seq"]]
         if rest:
             await self._forward(message_id, rest)
@@ -269,11 +265,18 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
         snap = await self._snapshot(message_id)
         if snap is None:
             return await self.error("No such message.", action="resume")
+        await self._deliver_snapshot(snap)
+
+    async def _deliver_snapshot(self, snap):
+        """The saved answer, and its final frame when it has ended (then returns True)."""
+        message_id = snap["message"]
         self.sent_seq[message_id] = snap["seq"]
         self._heard(message_id)
         await self.send_json(snap)
-        if snap["status"] not in Message.ACTIVE:
-            await self._send_final(message_id)
+        if snap["status"] in Message.ACTIVE:
+            return False
+        await self._send_final(message_id)
+        return True
 
     @database_sync_to_async
     def _snapshot(self, message_id):
@@ -298,13 +301,8 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
             self.streaming[message_id] = now
             if snap is None:
                 self.streaming.pop(message_id, None)
-            elif snap["status"] not in Message.ACTIVE:
-                self.sent_seq[message_id] = snap["seq"]
-                await self.send_json(snap)
-                await self._send_final(message_id)
-            elif snap["seq"] > self.sent_seq.get(message_id, 0):
-                self.sent_seq[message_id] = snap["seq"]
-                await self.send_json(snap)
+            elif snap["status"] not in Message.ACTIVE or snap["seq"] > self.sent_seq.get(message_id, 0):
+                await self._deliver_snapshot(snap)
 
     async def _send_final(self, message_id):
         self.streaming.pop(message_id, None)

@@ -11,7 +11,8 @@ MESSAGE = "The address contains a NUL character (%00), which no page here accept
 
 def refusal(request):
     """The 400 for a path with a NUL in it, else None (after dropping NULs from the query string)."""
-    if "\x00" in request.META.get("QUERY_STRING", "") or "%00" in request.META.get("QUERY_STRING", ""):
+    query = request.META.get("QUERY_STRING", "")
+    if "\x00" in query or "%00" in query:
         cleaned = QueryDict(mutable=True)
         for key, values in request.GET.lists():
             cleaned.setlist(key.replace("\x00", ""), [v.replace("\x00", "") for v in values])

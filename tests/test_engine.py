@@ -6,7 +6,6 @@ import threading
 import pytest
 
 from inference.backends import Delta, Finish, GenerationRequest, Queued, SamplingParams
-from plugins.llama_cpp.engine import Job
 from plugins.llama_cpp.kv import common_prefix
 
 pytestmark = pytest.mark.model
@@ -18,6 +17,14 @@ PROMPTS = ["Name three colours.", "What is 2+2?", "Write a haiku about rain.", "
 def request(content, user="u", max_tokens=24, temperature=0.0, **params):
     return GenerationRequest(id="r", model="m", messages=[{"role": "user", "content": content}], user_key=user,
                              params=SamplingParams(temperature=temperature, max_tokens=max_tokens, **params))
+
+
+def follow_up(user, history, answer, max_tokens):
+    """The second turn of a chat whose first was ``history`` answered with ``answer``."""
+    return GenerationRequest(id="f", model="m", user_key=user,
+                             params=SamplingParams(temperature=0.0, max_tokens=max_tokens),
+                             messages=[{"role": "user", "content": history}, {"role": "assistant", "content": answer},
+                                       {"role": "user", "content": "Which word came first?"}])
 
 
 def collect(backend, req, should_stop=lambda: False, chunks=None):
@@ -98,27 +105,18 @@ def test_prompts_sent_together_get_their_first_tokens_one_step_apart_shortest_fi
     """Eight people pressing Send at once: prefilling every prompt in one step would give them all
     their first token after that long step; one prompt completing per step, shortest first, gives
     the first person theirs after one short step and the median person after half the work."""
+    from test_batches_priority import finish_of, job_for
+
     backend = bundled_registry(slots=6).backend("m")
     engine = backend.engine
-
-    def job(content, user):
-        req = request(content, user=user, max_tokens=3)
-        tokens, public = backend._tokenize(backend.render_prompt(req))
-        return Job(tokens, req.params, user=user, public=public)
-
-    warm = engine.submit(job("Hi.", "warm-up"))  # the template's opening resident, as on a live site
-    while not isinstance(warm.out.get(timeout=120), Finish):
-        pass
+    warm = engine.submit(job_for(backend, "Hi.", "warm-up", 3))  # the template's opening resident, as on a live site
+    finish_of(warm)
     contents = ["Count the apples: " + "apple, " * n for n in (1, 4, 8, 13, 19)]  # distinct lengths
-    jobs = [job(c, f"person-{i}") for i, c in enumerate(reversed(contents))]  # longest sent first
+    jobs = [job_for(backend, c, f"person-{i}", 3) for i, c in enumerate(reversed(contents))]  # longest sent first
     with engine.cv:  # all waiting when the engine next looks, as if sent at the same moment
         for j in jobs:
             engine.submit(j)
-    finishes = {}
-    for j in jobs:
-        while not isinstance(chunk := j.out.get(timeout=120), Finish):
-            pass
-        finishes[j.id] = chunk
+    finishes = {j.id: finish_of(j) for j in jobs}
     assert all(f.reason in ("stop", "length") for f in finishes.values())
     remaining = {j.id: len(j.tokens) - finishes[j.id].cached_tokens for j in jobs}
     assert len(set(remaining.values())) == len(jobs), remaining  # distinct prompt lengths to order by
@@ -166,10 +164,7 @@ def test_prefix_reuse_is_scoped_to_the_user(bundled_registry):
     first = request(history, user="alice")
     first_text, finish, _ = collect(backend, first)
     assert finish.cached_tokens == 0
-    follow = GenerationRequest(id="f", model="m", user_key="alice", params=SamplingParams(temperature=0.0, max_tokens=8),
-                               messages=[{"role": "user", "content": history},
-                                         {"role": "assistant", "content": first_text},
-                                         {"role": "user", "content": "Which word came first?"}])
+    follow = follow_up("alice", history, first_text, max_tokens=8)
     _, finish, _ = collect(backend, follow)
     assert finish.cached_tokens > 60  # the whole first turn came from alice's resident sequence
     follow.user_key = "bob"
@@ -199,10 +194,7 @@ def test_idle_history_leaves_the_kv_cache_while_others_decode_and_returns_from_h
     assert stats["host_entries"] == 1  # alice's history moved to host RAM when bob's steps ran
     assert stats["kv_cells_used"] <= 64  # what stays resident: bob's short turn only
 
-    follow = GenerationRequest(id="f", model="m", user_key="alice", params=SamplingParams(temperature=0.0, max_tokens=4),
-                               messages=[{"role": "user", "content": history},
-                                         {"role": "assistant", "content": first_text},
-                                         {"role": "user", "content": "Which word came first?"}])
+    follow = follow_up("alice", history, first_text, max_tokens=4)
     _, finish, _ = collect(backend, follow)
     assert finish.cached_tokens > alice_cells - 8  # restored from the host tier, not prefilled again
     assert backend.stats()["prefix_host_hits"] == 1

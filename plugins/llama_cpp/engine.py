@@ -231,7 +231,8 @@ class BatchEngine:
                 rows.append((job, job.pending, len(job.kv), True))
         prefilling = [j for j in jobs if j.n_past < len(j.tokens)]
         budget = self.batch_tokens - len(rows)
-        if rows or len(prefilling) > 1:
+        contended = bool(rows) or len(prefilling) > 1
+        if contended:
             # Others are streaming, or several prompts wait: small steps, so streams keep flowing
             # and the prompts that are nearly done get their first token soon, not all at the end.
             budget = min(budget, self.chunk_tokens)
@@ -241,7 +242,6 @@ class BatchEngine:
             # sent at once get their first tokens one short step apart, not all together after one
             # long step (a median of four short steps instead of eight). Among equals a different
             # one leads each step, so two long prompts share the chunks.
-            contended = bool(rows) or len(prefilling) > 1
             start = self.steps % len(prefilling)
             rotated = prefilling[start:] + prefilling[:start]
             for job in sorted(rotated, key=lambda j: len(j.tokens) - j.n_past):

@@ -154,9 +154,11 @@ class SlotTable:
         recently used move to the host tier (restoring one costs milliseconds, not a prefill)."""
         if self.resident_budget is None:
             return
-        idle = sorted((s for s in self.slots if not s.busy and s.tokens), key=lambda s: s.used_at)
+        idle = [s for s in self.slots if not s.busy and s.tokens]
         held = sum(len(s.tokens) for s in idle)
-        for slot in idle:
+        if held <= self.resident_budget:  # the usual case, checked every step: nothing to sort
+            return
+        for slot in sorted(idle, key=lambda s: s.used_at):
             if held <= self.resident_budget:
                 break
             held -= len(slot.tokens)
