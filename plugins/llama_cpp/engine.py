@@ -244,7 +244,9 @@ class BatchEngine:
             # one leads each step, so two long prompts share the chunks.
             start = self.steps % len(prefilling)
             rotated = prefilling[start:] + prefilling[:start]
-            for job in sorted(rotated, key=lambda j: len(j.tokens) - j.n_past):
+            # A person's prompt goes before any batch line's, so a short line admitted beside a chat
+            # never takes the one prompt a contended step completes.
+            for job in sorted(rotated, key=lambda j: (j.priority == "background", len(j.tokens) - j.n_past)):
                 if budget <= 0:
                     break
                 take = min(len(job.tokens) - job.n_past, budget)
