@@ -4,7 +4,9 @@ in progress (the driver is a thread of served processes only)."""
 import re
 
 import pytest
+from django.contrib.admin.utils import quote as admin_quote
 from django.contrib.auth import get_user_model
+from django.urls import reverse
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from batches import service
@@ -91,6 +93,10 @@ def test_admins_see_every_batch_in_django_admin(client, alice):
     client.force_login(admin)
     listing = client.get("/admin/batches/batch/").content.decode()
     assert batch.id in listing and "alice" in listing
-    assert client.get(f"/admin/batches/batch/{batch.id}/change/").status_code == 200
+    # Follow the admin's own link: it escapes ids ("batch_22…" read raw would be 'batch"…').
+    change = reverse("admin:batches_batch_change", args=[admin_quote(batch.pk)])
+    assert f'href="{change}"' in listing
+    page = client.get(change)
+    assert page.status_code == 200 and batch.id in page.content.decode()
     assert client.get("/admin/batches/batchline/").status_code == 200
     assert client.get("/admin/batches/batchfile/").status_code == 200
