@@ -17,11 +17,11 @@ Prints one JSON line per scenario on stdout (progress goes to stderr):
 Every scenario run is paired with a raw run next to it (order alternating per round), so each
 line carries the raw baseline measured beside it. See bench/README.md.
 
-One host thread per process drives llama.cpp, as in the served site (the in-process device
-worker's thread; a solo Celery worker's main thread): llama.cpp's OpenMP thread teams belong to
-the thread that calls it, and two teams in one process oversubscribe the cores and halve the speed
-of both. So raw and service_embedded share one thread here, and ws_embedded runs in a child
-process configured for the embedded mode (no REDIS_URL), with its own in-process device worker.
+Raw llama-cpp-python runs in a child process of its own. llama.cpp's OpenMP thread teams belong
+to the thread that calls it, and the engine behind service_embedded drives llama.cpp from its own
+thread: two teams in one process oversubscribe the cores and halve the speed of both (raw read
+29.8 tok/s beside the engine, against 71-78 tok/s alone). ws_embedded runs in another child,
+configured for the embedded mode (no REDIS_URL), with its own in-process device worker.
 """
 import argparse
 import asyncio
@@ -70,6 +70,7 @@ def parse_args():
                    help="Redis database for the scaled-out scenarios; it is flushed (default /14)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (database, worker log)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # the ws_embedded process
+    p.add_argument("--raw-child", help=argparse.SUPPRESS)  # the raw process: JSON {model_path, n_ctx, threads}
     args = p.parse_args()
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(args.scenarios) - set(SCENARIOS)
@@ -77,7 +78,7 @@ def parse_args():
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     if args.repeats < 1 or args.max_tokens < 2:
         p.error("--repeats must be >= 1 and --max-tokens >= 2")
-    if not args.child and (args.redis_url.rstrip("/").endswith(":6379") or args.redis_url.rstrip("/").endswith("/0")):
+    if not (args.child or args.raw_child) and (args.redis_url.rstrip("/").endswith(":6379") or args.redis_url.rstrip("/").endswith("/0")):
         p.error("--redis-url must name a database of its own (it is flushed), e.g. redis://127.0.0.1:6379/14")
     return args
 
@@ -319,21 +320,43 @@ async def child_main(args):
         await asyncio.to_thread(embedded.stop_all)
 
 
-class EmbeddedChild:
-    def __init__(self, args, env):
-        env = {k: v for k, v in env.items() if k != "REDIS_URL"}
+def raw_child_main(args):
+    """Raw llama-cpp-python alone in this process: one run per "run" line on stdin."""
+    from llama_cpp import Llama
+
+    spec = json.loads(args.raw_child)
+    llm = Llama(model_path=spec["model_path"], n_ctx=spec["n_ctx"], n_threads=spec["threads"],
+                n_threads_batch=spec["threads"], verbose=False)
+    print(json.dumps({"ready": True}), flush=True)
+    try:
+        for line in sys.stdin:
+            if line.strip() != "run":
+                break
+            try:
+                result = raw_run(llm, args)
+            except Exception as exc:
+                result = {"error": f"{type(exc).__name__}: {exc}"}
+            print(json.dumps(result), flush=True)
+    finally:
+        llm.close()
+
+
+class Child:
+    """A child process that answers each "run" line on its stdin with one JSON result line."""
+
+    def __init__(self, args, env, mode):
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", "--max-tokens", str(args.max_tokens), "--prompt", args.prompt],
+            [sys.executable, __file__, *mode, "--max-tokens", str(args.max_tokens), "--prompt", args.prompt],
             cwd=BASE_DIR, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._read()  # {"ready": true} once the model is loaded
 
     def _read(self):
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the embedded child exited with {self.proc.wait()}")
+            raise RuntimeError(f"the child {self.proc.args[2]} exited with {self.proc.wait()}")
         data = json.loads(line)
         if "error" in data:
-            raise RuntimeError(f"ws_embedded run failed: {data['error']}")
+            raise RuntimeError(f"{self.proc.args[2]} run failed: {data['error']}")
         return data
 
     def run(self):
@@ -437,7 +460,6 @@ def summarize(name, runs, raws, raw_text):
 async def bench(args, env, tmp):
     from asgiref.sync import sync_to_async
     from django.conf import settings
-    from llama_cpp import Llama
 
     from inference.registry import get_registry
     from inference.models import get_model
@@ -446,16 +468,17 @@ async def bench(args, env, tmp):
     log(f"model {model.path} (n_ctx {model.n_ctx}, {model.threads} threads), max_tokens {args.max_tokens}, "
         f"{args.repeats} runs + {args.warmup} warm-up per scenario")
     loop = asyncio.get_running_loop()
-    # Every llama.cpp call of this process, raw and service alike, on this one thread (see the top).
     llama_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
-    raw_llm = await loop.run_in_executor(llama_thread, lambda: Llama(
-        model_path=model.path, n_ctx=model.n_ctx, n_threads=model.threads, n_threads_batch=model.threads,
-        verbose=False))
-    engine = get_registry()
-    await loop.run_in_executor(llama_thread, engine.load_device, "cpu")
+    engine = None
+    if "service_embedded" in args.scenarios:
+        engine = get_registry()
+        await loop.run_in_executor(llama_thread, engine.load_device, "cpu")
     chat = await sync_to_async(Chat)()
     app = websocket_app()
     worker = child = None
+    log("starting the raw llama-cpp-python process ...")
+    raw_child = await asyncio.to_thread(Child, args, env, ["--raw-child", json.dumps(
+        {"model_path": model.path, "n_ctx": model.n_ctx, "threads": model.threads})])
 
     async def run_scenario(name):
         if name == "service_embedded":
@@ -470,7 +493,7 @@ async def bench(args, env, tmp):
         raise ValueError(name)
 
     async def raw():
-        return await loop.run_in_executor(llama_thread, raw_run, raw_llm, args)
+        return await asyncio.to_thread(raw_child.run)
 
     results = {name: [] for name in args.scenarios}
     paired_raw = {name: [] for name in args.scenarios}
@@ -483,7 +506,8 @@ async def bench(args, env, tmp):
             worker = await asyncio.to_thread(Worker(env, tmp).start)
         if "ws_embedded" in args.scenarios:
             log("starting the embedded child process ...")
-            child = await asyncio.to_thread(EmbeddedChild, args, env)
+            child = await asyncio.to_thread(Child, args, {k: v for k, v in env.items() if k != "REDIS_URL"},
+                                            ["--child"])
         for name in args.scenarios:  # warm-up: templates, prompt prefix in each model's KV cache, connections
             for _ in range(args.warmup):
                 await raw()
@@ -504,7 +528,7 @@ async def bench(args, env, tmp):
             await asyncio.to_thread(child.stop)
         if worker is not None:
             await asyncio.to_thread(worker.stop)
-        await loop.run_in_executor(llama_thread, raw_llm.close)
+        await asyncio.to_thread(raw_child.stop)
         llama_thread.shutdown()
     all_raw = [r for name in args.scenarios for r in paired_raw[name]]
     raw_text = all_raw[0]["text"]
@@ -516,6 +540,9 @@ async def bench(args, env, tmp):
 
 def main():
     args = parse_args()
+    if args.raw_child:
+        raw_child_main(args)
+        return
     if args.child:
         setup_django(dict(os.environ))
         asyncio.run(child_main(args))

@@ -81,6 +81,33 @@ def test_stop_before_first_token(loaded_registry):
     assert events[-1] == {**events[-1], "kind": "done", "status": "stopped"}
 
 
+def test_the_first_text_goes_out_at_once_after_the_place_in_line_notice(loaded_registry):
+    # The engine tells every job its place in line as it arrives. That flush must not hold the
+    # first token back for a flush interval (it did: 35-50 ms on every answer's first token).
+    flushed = []
+
+    class NeverDue(RecordingPublisher):
+        def __init__(self, group, message_id):
+            super().__init__(group, message_id, flush_seconds=3600)
+
+        def flush(self):
+            pending = list(self._inner._pending)
+            seq = super().flush()
+            flushed.extend([e] for e in pending)
+            if pending:
+                flushed.append("|")
+            return seq
+
+    service = GenerationService(registry=loaded_registry, store=MemoryStore(), publisher_factory=NeverDue)
+    result = service.run(make_request("smollm2-135m", QUESTION, request_id="first", max_tokens=12))
+    kinds = [item[0]["kind"] if item != "|" else "|" for item in flushed]
+    assert kinds[:4] == ["start", "|", "queue", "|"]  # the case this test is about
+    texts = [item[0]["text"] for item in flushed if item != "|" and item[0]["kind"] == "text"]
+    assert result.completion_tokens == 12 and "".join(texts) == result.text
+    # The first text went out on its own, as soon as it was decoded; the rest waited for the end.
+    assert kinds[4:6] == ["text", "|"] and len(texts) == 2 and texts[0] != result.text
+
+
 def test_stop_mid_stream_keeps_partial_text(loaded_registry):
     full = run_request(loaded_registry, make_request("smollm2-135m", QUESTION, max_tokens=200))[0]
 
