@@ -231,6 +231,28 @@ def test_host_tier_keeps_within_its_byte_budget(bundled_registry):
     assert finish.cached_tokens < 40  # dropped by the budget: prefilled again but the template's opening
 
 
+def test_a_finished_batch_line_stays_for_its_owner_but_never_fills_the_host_tier(bundled_registry):
+    # A batch line's conversation gets no follow-up; its KV state (about 1.6 MB per 70 tokens)
+    # in host RAM would push people's chat histories out of the budget: 256 lines flushed 512 MB.
+    backend = bundled_registry(slots=1).backend("m")  # two sequence ids: one runs, one stays resident
+    prompts = [f"Topic {i}: " + "tell me something interesting. " * 6 for i in range(4)]
+
+    def line(prompt):
+        req = request(prompt, user="owner", max_tokens=4)
+        req.priority = "background"
+        return req
+
+    collect(backend, line(prompts[0]))
+    _, finish, _ = collect(backend, line(prompts[0] + " More."))
+    public = backend._tokenize(backend.render_prompt(line(prompts[0])))[1]
+    assert finish.cached_tokens > public + 30  # resident: the owner's next line reuses the shared text
+    for user, prompt in [("u1", prompts[1]), ("u2", prompts[2]), ("u3", prompts[3])]:
+        collect(backend, request(prompt, user=user, max_tokens=4))
+    # u2 and u3 each evicted the least recently used sequence: the batch line's, then u1's chat.
+    # Only the chat went to host RAM.
+    assert [owner for owner, _tokens, _state in backend.engine.table.host.entries.values()] == ["u1"]
+
+
 def test_two_users_share_the_device_fairly_and_see_their_place_in_line(bundled_registry):
     backend = bundled_registry(slots=1, user_concurrency=1).backend("m")
     order, lock = [], threading.Lock()

@@ -318,7 +318,7 @@ class BatchEngine:
 
     def _finish(self, job, reason):
         self._retire(job)
-        self.table.release(job.slot, job.kv)
+        self.table.release(job.slot, job.kv, spill=job.priority != "background")
         tail = job.stops.finish(job.detok.finish())
         if tail:
             job.out.put(Delta(tail))

@@ -26,7 +26,7 @@ def common_prefix(a, b):
 
 
 class Slot:
-    __slots__ = ("seq_id", "tokens", "owner", "busy", "used_at")
+    __slots__ = ("seq_id", "tokens", "owner", "busy", "used_at", "spill")
 
     def __init__(self, seq_id):
         self.seq_id = seq_id
@@ -34,6 +34,7 @@ class Slot:
         self.owner = None
         self.busy = False
         self.used_at = 0.0
+        self.spill = True  # whether eviction moves it to the host tier (or only drops it)
 
 
 class HostTier:
@@ -128,10 +129,14 @@ class SlotTable:
         self.shared_hits += 1
         return n
 
-    def release(self, slot, tokens):
+    def release(self, slot, tokens, spill=True):
+        """A finished sequence stays resident for its owner's next request. ``spill``: whether it
+        is worth host RAM once evicted (a batch line's conversation gets no follow-up, and its
+        state, about 1.6 MB per 70 tokens, would push people's histories out of the budget)."""
         slot.tokens = tokens
         slot.busy = False
         slot.used_at = time.monotonic()
+        slot.spill = spill
 
     def discard(self, slot):
         """Forget a sequence whose KV content is not trustworthy (a failed decode)."""
@@ -177,7 +182,7 @@ class SlotTable:
         del slot.tokens[n:]
 
     def _evict(self, slot):
-        if len(slot.tokens) >= MIN_REUSE and slot.owner is not None:
+        if slot.spill and len(slot.tokens) >= MIN_REUSE and slot.owner is not None:
             size = llama_cpp.llama_state_seq_get_size(self.ctx, slot.seq_id)
             if 0 < size <= self.host.budget:
                 buf = (ctypes.c_uint8 * size)()
