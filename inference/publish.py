@@ -23,6 +23,7 @@ FLUSH_SECONDS = float(os.environ.get("SMOLSITE_FLUSH_MS", "50")) / 1000
 # waiting behind it: a lost middle batch is recovered from the saved text, a lost "done" never is.
 RESEND_SECONDS = (0.25, 0.5, 1, 2, 4, 8)
 EVENT_TYPE = "gen.events"  # handled by the consumer's gen_events method
+TEXT_KINDS = ("text", "reasoning")
 
 _local = threading.local()
 _loop_thread = None
@@ -76,21 +77,28 @@ class Publisher:
         self.seq = 0
         self._pending = []
         self._last_flush = 0.0
+        self._text_sent = False
         self._lock = None
         self._futures = []
 
     def emit(self, kind, text="", **data):
         """Queue an event; consecutive text of one kind merges into one event."""
-        if kind in ("text", "reasoning") and self._pending and self._pending[-1]["kind"] == kind:
+        if kind in TEXT_KINDS and self._pending and self._pending[-1]["kind"] == kind:
             self._pending[-1]["text"] += text
         else:
             event = {"kind": kind, **data}
-            if kind in ("text", "reasoning"):
+            if kind in TEXT_KINDS:
                 event["text"] = text
             self._pending.append(event)
 
     def due(self):
-        return bool(self._pending) and time.monotonic() - self._last_flush >= self.flush_seconds
+        """Whether to flush now: the first text at once, however recently other events (the start,
+        a place in line) went out; later events once ``flush_seconds`` have passed."""
+        if not self._pending:
+            return False
+        if not self._text_sent and any(e["kind"] in TEXT_KINDS for e in self._pending):
+            return True
+        return time.monotonic() - self._last_flush >= self.flush_seconds
 
     def flush(self):
         """Number the pending events and hand them to the loop; returns the last seq sent."""
@@ -98,6 +106,7 @@ class Publisher:
         if not self._pending:
             return self.seq
         events, self._pending = self._pending, []
+        self._text_sent = self._text_sent or any(e["kind"] in TEXT_KINDS for e in events)
         for event in events:
             self.seq += 1
             event["seq"] = self.seq

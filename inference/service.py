@@ -158,7 +158,6 @@ class GenerationService:
         text, reasoning = [], []
         started = time.monotonic()
         first_token_at = last_save = None
-        shown = False  # whether any text has gone out yet
         reasoning_started = reasoning_ended = None
         pub.emit("start", model=request.model)
         pub.flush()
@@ -207,12 +206,9 @@ class GenerationService:
                             if reasoning_started and not reasoning_ended:
                                 reasoning_ended = time.monotonic()
                         pub.emit(kind, piece)
-                    # The first text goes out at once (time to first token), even right after the
-                    # engine's place-in-line notice; later text in batches.
-                    if not shown or pub.due():
-                        before = pub.seq
+                    # The first text goes out at once (time to first token); later text in batches.
+                    if pub.due():
                         seq = pub.flush()
-                        shown = shown or seq > before
                         now = time.monotonic()
                         if now - last_save >= SAVE_SECONDS:
                             last_save = now
