@@ -2,12 +2,16 @@
 (SMOLSITE_ADMIN_BOOTSTRAP=signup, the default), or only accounts made with `createsuperuser`
 (SMOLSITE_ADMIN_BOOTSTRAP=createsuperuser: sign-up stays closed until an administrator exists)."""
 from django.conf import settings
+from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import AuthenticationForm
 from django.db import IntegrityError, connection, transaction
 from django.shortcuts import redirect, render
 
 from .forms import SignupForm
+from .login_throttle import ThrottledLoginMixin, signup_refusal, with_retry_after
 
 # Any constant: the key of the PostgreSQL advisory lock first sign-ups take turns on.
 PROMOTION_LOCK = 0x5350_4C41  # "SPLA"
@@ -48,7 +52,11 @@ def signup(request):
     if request.user.is_authenticated:
         return redirect(settings.LOGIN_REDIRECT_URL)
     form = SignupForm(request.POST or None)
+    if request.method == "POST" and (throttled := signup_refusal(request, increment=False)) is not None:
+        return _signup_refused(request, form, throttled)
     if request.method == "POST" and form.is_valid():
+        if (throttled := signup_refusal(request, increment=True)) is not None:
+            return _signup_refused(request, form, throttled)
         try:
             with transaction.atomic():
                 lock_promotion()
@@ -63,8 +71,34 @@ def signup(request):
     return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
 
 
+def _signup_refused(request, form, throttled):
+    response = render(request, "registration/signup.html", {"form": form, "throttled": str(throttled)}, status=429)
+    response["Retry-After"] = str(throttled.retry_after)
+    return response
+
+
+class LoginForm(ThrottledLoginMixin, AuthenticationForm):
+    pass
+
+
+class AdminLoginForm(ThrottledLoginMixin, AdminAuthenticationForm):
+    throttle_action = "admin_login"
+
+
 class LoginView(auth_views.LoginView):
     redirect_authenticated_user = True
+    authentication_form = LoginForm
 
     def get_context_data(self, **kwargs):
         return {**super().get_context_data(**kwargs), "signup_open": signup_open()}
+
+    def form_invalid(self, form):
+        return with_retry_after(super().form_invalid(form), form)
+
+
+def admin_login(request):
+    """Django admin's own login view, with the same throttle (admin.site.login_form, set in
+    smolsite.urls) and the same 429 when it refuses."""
+    response = admin.site.login(request)
+    form = (getattr(response, "context_data", None) or {}).get("form")
+    return with_retry_after(response, form)

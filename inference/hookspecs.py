@@ -62,5 +62,11 @@ def generation_finished(request, result):
 
 
 @hookspec
+def request_throttled(action, scope):
+    """Observe a request a limit refused: ``action`` is "login", "admin_login" or "signup", ``scope``
+    "account" or "address" (which limit). Called in the web process, once per refused request."""
+
+
+@hookspec
 def register_routes():
     """Return a list of Django URL patterns to mount at the site root (e.g. ``/metrics``)."""

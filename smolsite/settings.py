@@ -10,8 +10,18 @@ from pathlib import Path
 
 import dj_database_url
 
+# Whatever a smolsite process writes (the SQLite database and its -wal/-shm, metrics files, pid
+# files, the secret key) is its owner's alone: it holds every chat, password hash and session. Set
+# here because manage.py, daphne and celery all import these settings before writing anything.
+os.umask(0o077)
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("SMOLSITE_VAR_DIR", BASE_DIR / "var"))
+if VAR_DIR.is_dir() and VAR_DIR.stat().st_mode & 0o077:
+    try:
+        VAR_DIR.chmod(0o700)  # made readable to others by an older version (files inside keep their modes)
+    except OSError:  # not ours to change: leave it
+        pass
 
 
 def env_bool(name, default=False):
@@ -308,6 +318,19 @@ if SMOLSITE_HTTPS:
     # Not "preload": that asks browsers' vendors to hard-code HTTPS for the whole domain, a
     # decision for the domain's owner, not for this application (hence the silenced W021).
     SILENCED_SYSTEM_CHECKS = ["security.W021"]
+
+# Client addresses (smolsite.client_address): how many proxies in front of the site append to
+# X-Forwarded-For and are believed. 0: the connection's peer, no header read (anyone can send one).
+SMOLSITE_TRUSTED_PROXIES = int(os.environ.get("SMOLSITE_TRUSTED_PROXIES", "1" if SMOLSITE_HTTPS else "0"))
+RATELIMIT_IP_META_KEY = "smolsite.client_address.client_ip"  # django-ratelimit's key="ip" uses it too
+# Failed sign-ins (site and admin, chat.login_throttle), counted in windows of
+# SMOLSITE_LOGIN_LOCK_MINUTES: per account (from one address it stops at half, so a guesser at one
+# address cannot lock the owner out) and per client address (larger: a NAT hides many people).
+SMOLSITE_LOGIN_FAILURES_PER_ACCOUNT = int(os.environ.get("SMOLSITE_LOGIN_FAILURES_PER_ACCOUNT", "10"))
+SMOLSITE_LOGIN_FAILURES_PER_ADDRESS = int(os.environ.get("SMOLSITE_LOGIN_FAILURES_PER_ADDRESS", "50"))
+SMOLSITE_LOGIN_LOCK_MINUTES = int(os.environ.get("SMOLSITE_LOGIN_LOCK_MINUTES", "15"))
+# Accounts one client address may create per hour (0: no limit).
+SMOLSITE_SIGNUPS_PER_HOUR = int(os.environ.get("SMOLSITE_SIGNUPS_PER_HOUR", "10"))
 
 # Static files come from the app itself (one process, nothing else to set up), through WhiteNoise:
 # from the finders, so `make run` needs no collectstatic; from STATIC_ROOT too once collected.

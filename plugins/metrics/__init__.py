@@ -29,6 +29,11 @@ def generation_finished(request, result):
 
 
 @hookimpl
+def request_throttled(action, scope):
+    observe.throttled(action, scope)
+
+
+@hookimpl
 def register_routes():
     return [
         path("metrics", views.metrics_text, name="metrics"),

@@ -81,3 +81,8 @@ def finished(request, result):
         logger.exception("metrics: could not record the end of %s", request.id)
 
 
+def throttled(action, scope):
+    try:
+        m.THROTTLED.labels(action=action, scope=scope).inc()
+    except Exception:
+        logger.exception("metrics: could not count a throttled %s", action)
