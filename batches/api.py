@@ -1,14 +1,20 @@
 """OpenAI's Files and Batches endpoints (the parts a batch needs), with API keys and errors in
 OpenAI's shape: /v1/files and /v1/batches. Everything is the key owner's own: another user's
 file or batch is a 404, as if it did not exist."""
+import json
+from datetime import timedelta
+
 from asgiref.sync import sync_to_async
+from django.db import transaction
 from django.http import HttpResponse, JsonResponse
+from django.utils import timezone
+from django.utils.http import content_disposition_header
 
 from api.errors import ApiError, invalid
 from api.params import parse_body
 from api.views import _authenticate, api_view
 
-from . import service
+from . import service, uploads
 from .models import Batch, BatchFile
 
 MAX_LIST = 100
@@ -56,21 +62,59 @@ def _page(queryset, request, after_model):
 
 
 def _upload(request, key):
+    uploads.declared_length(request)  # a declared length over the limit: refused before reading
+    cap = uploads.SizeCap(request)
+    request.upload_handlers.insert(0, cap)  # and whatever was declared, the read stops past the limit
     try:
         files, purpose = request.FILES, request.POST.get("purpose")
     except Exception:
         raise ApiError(413, "The upload is too large or malformed.", code="request_too_large") from None
+    if cap.exceeded:
+        raise uploads.too_large()
     upload = files.get("file")
     if upload is None:
         raise invalid("'file' is required (multipart/form-data).", "file")
     if purpose != "batch":
         raise invalid("'purpose' must be 'batch' (the only purpose this server stores files for).", "purpose")
-    from django.conf import settings
+    if upload.size > uploads.max_file_bytes():
+        raise uploads.too_large(upload.size)
+    expires_at = _expires_after(request.POST)
+    with transaction.atomic():
+        uploads.check_user_cap(key.user, upload.size)
+        stored = service.store_file(key.user, upload.name or "input.jsonl", upload.read())
+        if expires_at is not _DEFAULT:
+            BatchFile.objects.filter(pk=stored.pk).update(expires_at=expires_at)
+            stored.expires_at = expires_at
+    return stored.as_api()
 
-    if upload.size > settings.SMOLSITE_BATCH_MAX_BYTES:
-        raise ApiError(413, f"The file is {upload.size:,} bytes; at most {settings.SMOLSITE_BATCH_MAX_BYTES:,} are "
-                            "accepted.", param="file", code="file_too_large")
-    return service.store_file(key.user, upload.name or "input.jsonl", upload.read()).as_api()
+
+_DEFAULT = object()
+MIN_EXPIRY, MAX_EXPIRY = 3600, 30 * 86400  # OpenAI's bounds for expires_after.seconds
+
+
+def _expires_after(form):
+    """OpenAI's ``expires_after[anchor]=created_at`` and ``expires_after[seconds]=N`` form fields
+    (or one JSON ``expires_after`` field); absent: the default expiry."""
+    anchor, seconds = form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
+    if "expires_after" in form:
+        try:
+            value = json.loads(form["expires_after"])
+            anchor, seconds = value.get("anchor"), value.get("seconds")
+        except (ValueError, AttributeError):
+            raise invalid("'expires_after' must be {\"anchor\": \"created_at\", \"seconds\": N}.",
+                          "expires_after") from None
+    if anchor is None and seconds is None:
+        return _DEFAULT
+    if anchor != "created_at":
+        raise invalid("'expires_after[anchor]' must be 'created_at'.", "expires_after.anchor")
+    try:
+        seconds = int(seconds)
+    except (TypeError, ValueError):
+        seconds = None
+    if seconds is None or not MIN_EXPIRY <= seconds <= MAX_EXPIRY:
+        raise invalid(f"'expires_after[seconds]' must be an integer from {MIN_EXPIRY} to {MAX_EXPIRY}.",
+                      "expires_after.seconds")
+    return timezone.now() + timedelta(seconds=seconds)
 
 
 @api_view("GET", "POST")
@@ -104,7 +148,7 @@ async def file_content(request, file_id):
     key = await _authenticate(request)
     found = await sync_to_async(_file_of)(key.user_id, file_id)
     response = HttpResponse(bytes(found.data), content_type="application/jsonl")
-    response["Content-Disposition"] = f'attachment; filename="{found.filename}"'
+    response["Content-Disposition"] = content_disposition_header(True, found.filename)
     return response
 
 
@@ -116,6 +160,24 @@ def _create_batch(data, key, input_file, checked):
         kind = "rate_limit_exceeded" if exc.status == 429 else "invalid_request_error"
         raise ApiError(exc.status, exc.message, kind, exc.param, exc.code) from None
     return batch.as_api()
+
+
+def _check_room(user_id):
+    try:
+        room_for_batch(user_id)
+    except service.BatchRefused as exc:
+        raise ApiError(exc.status, exc.message, "rate_limit_exceeded", exc.param, exc.code) from None
+
+
+def room_for_batch(user_id):
+    """The active-batch limit, checked before a file is validated (create_batch checks it again)."""
+    from django.conf import settings
+
+    most = settings.SMOLSITE_BATCH_MAX_ACTIVE
+    active = Batch.objects.filter(owner_id=user_id, status__in=Batch.ACTIVE).count()
+    if active >= most:
+        raise service.BatchRefused(429, f"You have {active} batches in progress; at most {most} may run at once. "
+                                        "Wait for one to finish or cancel one.", None, "too_many_batches")
 
 
 def _input_file(data, key):
@@ -141,6 +203,8 @@ async def batches(request):
         remember_server_loop(asyncio.get_running_loop())  # for the driver thread's enqueues
         data = parse_body(request)
         input_file = await sync_to_async(_input_file)(data, key)
+        # The cheap refusal first: checking a big file's every line takes seconds.
+        await sync_to_async(_check_room)(key.user_id)
         # Checking every line takes seconds for a big file: not on the thread all database work shares.
         checked = await sync_to_async(service.check_file, thread_sensitive=False)(bytes(input_file.data),
                                                                                    data["endpoint"])

@@ -1,6 +1,8 @@
 """Batch jobs in OpenAI's Batch shape: an uploaded input file (JSONL, one chat completion request a
 line), the batch, and one row per line that points at the chat Message answering it."""
+import os
 import secrets
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
@@ -19,8 +21,20 @@ def batch_id():
     return _id("batch_")
 
 
+def file_expiry_days():
+    """Days a stored file is kept unless its upload says otherwise (OpenAI keeps batch files 30
+    days); 0 keeps files until deleted."""
+    return float(getattr(settings, "SMOLSITE_FILE_EXPIRY_DAYS", os.environ.get("SMOLSITE_FILE_EXPIRY_DAYS", "30")) or 0)
+
+
+def default_expiry():
+    days = file_expiry_days()
+    return timezone.now() + timedelta(days=days) if days > 0 else None
+
+
 class BatchFile(models.Model):
-    """An uploaded input file, or an output or error file a batch wrote (purpose batch_output)."""
+    """An uploaded input file, or an output or error file a batch wrote (purpose batch_output).
+    The retention pass deletes it (row and bytes) once ``expires_at`` has passed."""
 
     id = models.CharField(primary_key=True, max_length=40, default=file_id, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="batch_files")
@@ -29,16 +43,19 @@ class BatchFile(models.Model):
     data = models.BinaryField()
     bytes = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True, default=default_expiry, db_index=True)
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
 
     def __str__(self):
         return f"{self.filename} ({self.id})"
 
     def as_api(self):
         return {"id": self.id, "object": "file", "bytes": self.bytes, "created_at": int(self.created_at.timestamp()),
-                "filename": self.filename, "purpose": self.purpose, "status": "processed", "expires_at": None,
+                "filename": self.filename, "purpose": self.purpose, "status": "processed",
+                "expires_at": int(self.expires_at.timestamp()) if self.expires_at else None,
                 "status_details": None}
 
 

@@ -10,11 +10,14 @@ from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_POST
 
+from api.errors import ApiError
 from inference.models import all_models
 
-from . import service
+from . import service, uploads
+from .api import room_for_batch
 from .models import Batch, BatchLine
 from .validation import BatchInvalid, csv_to_jsonl
 
@@ -89,6 +92,7 @@ def page(request):
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         try:
+            room_for_batch(request.user.pk)  # before reading and checking the file
             if upload.size > settings.SMOLSITE_BATCH_MAX_BYTES:
                 raise BatchInvalid([{"code": "file_too_large", "message": f"The file is {upload.size:,} bytes; at most "
                                      f"{settings.SMOLSITE_BATCH_MAX_BYTES:,} are accepted.", "line": None}])
@@ -100,11 +104,14 @@ def page(request):
                 name = name[:-4] + ".jsonl"
             checked = service.check_file(data)  # seconds for a big file: not inside the transaction
             with transaction.atomic():  # a refused batch (too many running, ...) leaves no stored file behind
+                uploads.check_user_cap(request.user, len(data))
                 service.create_batch(request.user, service.store_file(request.user, name, data), checked=checked)
             return redirect("batches:page")
         except BatchInvalid as exc:
             problem = exc.errors
         except service.BatchRefused as exc:
+            problem = [{"code": exc.code, "message": exc.message, "line": None}]
+        except ApiError as exc:  # the per-user file cap
             problem = [{"code": exc.code, "message": exc.message, "line": None}]
     status = 422 if request.method == "POST" else 200
     return render(request, "batches/page.html", {"form": form, "problem": problem, **_list_context(request.user)},
@@ -136,7 +143,7 @@ def download(request, batch_id, which):
     if found is None:
         raise Http404("no such file")
     response = HttpResponse(bytes(found.data), content_type="application/jsonl")
-    response["Content-Disposition"] = f'attachment; filename="{found.filename}"'
+    response["Content-Disposition"] = content_disposition_header(True, found.filename)
     return response
 
 

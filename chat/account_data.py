@@ -10,6 +10,7 @@ from django.db import transaction
 from django.http import StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
+from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_http_methods
 
 from inference import dispatch
@@ -55,7 +56,7 @@ def export_data(request):
     name = f"smolsite-{safe_name(user.get_username(), 'user')}-{stamp}.zip"
     response = StreamingHttpResponse(_stream(iter_zip(_in_chunks(user_conversations(user)))),
                                      content_type="application/zip")
-    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Content-Disposition"] = content_disposition_header(True, name)
     response["Cache-Control"] = "no-store"
     return response
 
@@ -101,14 +102,51 @@ def _stop_everything(user):
         dispatch.stop(str(message_id))
 
 
+def _forget_sessions(user_id):
+    """The user's other sessions (other browsers, devices): their rows name the user and hold
+    admin reasons. Only a database-backed session store can be searched for them; a session in a
+    signed cookie lives in that browser only and no longer names a user who exists."""
+    from importlib import import_module
+
+    from django.conf import settings
+    from django.contrib.sessions.models import Session
+
+    if not settings.SESSION_ENGINE.endswith(("backends.db", "backends.cached_db")):
+        return 0
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    deleted = 0
+    for row in Session.objects.filter(expire_date__gt=timezone.now()).iterator():
+        if row.get_decoded().get("_auth_user_id") == str(user_id):
+            store(session_key=row.session_key).delete()  # the row, and its cached copy (cached_db)
+            deleted += 1
+    return deleted
+
+
+def _forget_cached(user_id):
+    """Per-user entries in the shared cache: the open-socket register (it names the user's socket
+    channels) and its lock. The rate counters (django-ratelimit) hold a number under a one-way
+    hash and end with their minute; a user id is never reused, so they are left to expire."""
+    from django.core.cache import cache
+
+    from .limits import socket_cache_keys
+
+    cache.delete_many(socket_cache_keys(user_id))
+
+
 def delete_user_data(user):
     """Delete ``user`` and everything that is theirs: conversations and messages, API keys, batches
-    and their files (stored in the database), quotas and usage records (all cascade from the user).
-    Their open chat sockets are told at once. Returns the number of rows deleted per model."""
+    with their lines and their files (stored in the database: rows and bytes), quotas and usage
+    records (all cascade from the user), their other sessions and their entries in the shared
+    cache. Their open chat sockets are told at once. Returns the number of rows deleted per model."""
+    user_id = user.pk
     conversation_ids = list(Conversation.objects.filter(owner=user).values_list("pk", flat=True))
     _stop_everything(user)
     with transaction.atomic():
         _, counts = user.delete()
+    sessions = _forget_sessions(user_id)
+    if sessions:
+        counts["sessions.Session"] = sessions
+    _forget_cached(user_id)
     recheck_sockets(conversation_ids)
     logger.info("account deleted: %s", ", ".join(f"{n} {label}" for label, n in sorted(counts.items()) if n))
     return counts

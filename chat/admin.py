@@ -3,21 +3,23 @@ messages (metrics, a review flag and note).
 
 Message text (content, reasoning, system prompts, request options, error text, and titles, which
 are made from the first message) never appears on these pages, their inlines, lists, search or
-logs unless SMOLSITE_ADMIN_READ_MESSAGES is on; and even then only the transcript and the export
-show conversation text, behind a reason given once per conversation per admin session, each read
-written to the audit log (review.AuditRecord). See review/access.py."""
+logs unless SMOLSITE_ADMIN_READ_MESSAGES is on; and even then only behind a reason given once per
+conversation per admin session: the transcript and the export (each read written to the audit log,
+review.AuditRecord) show the text, and lists and change pages show a conversation's title and error
+text only once its reason was given (reading it then was audited). See review/access.py."""
 import copy
 import json
 
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.db.models import BooleanField, Count, Exists, OuterRef, Sum, Value
+from django.db.models import Count, Exists, OuterRef, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.http import content_disposition_header
 
 from review import access
 from review import views as review_views
@@ -37,10 +39,6 @@ def masked(conv):
     return conv
 
 
-def with_text_flag(queryset, request):
-    """Rows that know whether this request may show their text (list columns get no request,
-    and a ModelAdmin is shared by every request, so nothing per request may be kept on it)."""
-    return queryset.annotate(_text=Value(access.may_read_text(request.user), output_field=BooleanField()))
 
 
 def _seconds(value, places=2):
@@ -71,19 +69,12 @@ class StatusFilter(admin.SimpleListFilter):
         return queryset
 
 
-class AuditedTextSearch:
+class AuditedTextSearch(access.TextLookupGuard):
     """Search over message text only where text may be read at all, and each such search audited:
     its hits tell what people wrote even though no text is shown. Query-string filters on text
-    fields (?content__contains=…, which the admin allows on any field of the model) are refused
-    always: they would be an unaudited search."""
+    fields are refused always (access.TextLookupGuard)."""
     base_search_fields = ()
     text_search_fields = ()
-    text_fields = ()
-
-    def lookup_allowed(self, lookup, value, request=None):
-        if lookup.split("__", 1)[0] in self.text_fields:
-            return False
-        return super().lookup_allowed(lookup, value, request)
 
     def get_search_fields(self, request):
         if access.may_read_text(request.user):
@@ -125,7 +116,6 @@ class ConversationAdmin(AuditedTextSearch, admin.ModelAdmin):
                    "kept"]
     base_search_fields = ["=id", "owner__username", "model"]
     text_search_fields = ["title", "messages__content"]
-    text_fields = ["title", "system_prompt"]
     list_select_related = ["owner"]
     date_hierarchy = "updated_at"
     inlines = [MessageInline]
@@ -135,19 +125,20 @@ class ConversationAdmin(AuditedTextSearch, admin.ModelAdmin):
                 "current_leaf", "temperature", "top_p", "max_tokens", "thinking", "transcript"]
 
     def get_fields(self, request, obj=None):
-        return (["title"] if access.may_read_text(request.user) else []) + self.METADATA + ["kept"]
+        titled = obj is not None and access.may_read_conversation(request, obj.pk)
+        return (["title"] if titled else []) + self.METADATA + ["kept"]
 
     def get_readonly_fields(self, request, obj=None):
         return ["title"] + self.METADATA
 
     def get_queryset(self, request):
-        return with_text_flag(super().get_queryset(request), request).annotate(
+        return access.text_flag(super().get_queryset(request), request).annotate(
             _messages=Count("messages"),
             _tokens=Coalesce(Sum("messages__prompt_tokens"), 0) + Coalesce(Sum("messages__completion_tokens"), 0))
 
     def get_object(self, request, object_id, from_field=None):
         obj = super().get_object(request, object_id, from_field)
-        if obj is not None and not access.may_read_text(request.user):
+        if obj is not None and not access.may_read_conversation(request, obj.pk):
             obj = masked(obj)
         return obj
 
@@ -256,7 +247,7 @@ class ConversationAdmin(AuditedTextSearch, admin.ModelAdmin):
             body = "\n---\n\n".join(export.conversation_markdown(c, include_text=with_text) for c in conversations)
             content_type, ext = "text/markdown; charset=utf-8", "md"
         response = HttpResponse(body, content_type=content_type)
-        response["Content-Disposition"] = f'attachment; filename="conversations-{stamp}.{ext}"'
+        response["Content-Disposition"] = content_disposition_header(True, f"conversations-{stamp}.{ext}")
         return response
 
     def _ask_reason(self, request, form, missing, conversations):
@@ -285,7 +276,6 @@ class MessageAdmin(AuditedTextSearch, admin.ModelAdmin):
                    ("conversation__owner", admin.RelatedOnlyFieldListFilter)]
     base_search_fields = ["=id", "=conversation__id", "conversation__owner__username", "model_name", "worker_id"]
     text_search_fields = ["content"]
-    text_fields = ["content", "reasoning", "error", "options"]
     list_select_related = ["conversation__owner"]
     actions = ["flag", "unflag"]
     fields = ["conversation_link", "owner", "parent", "role", "status", "finish_reason", "model_name",
@@ -306,7 +296,7 @@ class MessageAdmin(AuditedTextSearch, admin.ModelAdmin):
         Message.objects.filter(pk=obj.pk).update(**{name: getattr(obj, name) for name in self.EDITABLE})
 
     def get_queryset(self, request):
-        return with_text_flag(super().get_queryset(request), request)
+        return access.text_flag(super().get_queryset(request), request, field="conversation_id")
 
     @admin.action(description="Flag selected messages for review")
     def flag(self, request, queryset):

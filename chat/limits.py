@@ -60,6 +60,15 @@ def _sockets_key(user_id):
     return f"smolsite:sockets:{user_id}"
 
 
+def socket_cache_keys(user_id):
+    """Every cache key that is this user's (deleted with their account, chat.account_data)."""
+    return [_sockets_key(user_id), _lock_key(user_id)]
+
+
+def _lock_key(user_id):
+    return f"smolsite:sockets-lock:{user_id}"
+
+
 def _live(entries, now):
     return {name: expiry for name, expiry in (entries or {}).items() if expiry > now}
 
@@ -69,7 +78,7 @@ def _user_lock(user_id):
     """The user's socket entries are read, changed and written back under a short lock in the
     cache (an atomic add), so tabs opened at the same moment cannot both take the last place. A
     lock that cannot be had within three seconds (its holder died) is gone after LOCK_SECONDS anyway."""
-    key = f"smolsite:sockets-lock:{user_id}"
+    key = _lock_key(user_id)
     held = False
     for _ in range(150):
         held = cache.add(key, 1, LOCK_SECONDS)

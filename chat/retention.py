@@ -1,13 +1,17 @@
 """Retention: conversations with no activity for SMOLSITE_RETENTION_DAYS are deleted with their
 messages. Never a kept one, and never one with an answer pending or streaming (or a batch line
-still running in it). Run periodically: Celery beat scaled out (chat.tasks), a thread of the web
-process embedded (``start_retention``)."""
+still running in it). Batches that finished that long ago go too, with their lines (bodies and
+answers) and their files. Whatever that setting, stored files past their ``expires_at`` are
+deleted (rows and the bytes in them). Run periodically: Celery beat scaled out (chat.tasks), a
+thread of the web process embedded (``start_retention``)."""
 import logging
 import threading
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import connections, transaction
+from django.db.models import Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .models import Conversation, Message
@@ -62,9 +66,61 @@ def purge_expired(days=None, now=None):
     return conversations, messages
 
 
+def purge_batches(days=None, now=None):
+    """Delete the batches that finished more than ``days`` (default the retention setting) ago,
+    with their lines and their input, output and error files. Returns (batches, lines, files)."""
+    from batches.models import Batch, BatchFile
+
+    days = settings.SMOLSITE_RETENTION_DAYS if days is None else days
+    if not days or days <= 0:
+        return 0, 0, 0
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    old = (Batch.objects.exclude(status__in=Batch.ACTIVE)
+           .annotate(_ended=Coalesce("completed_at", "failed_at", "cancelled_at", "expired_at", "created_at"))
+           .filter(_ended__lt=cutoff))
+    batches = lines = files = 0
+    for start in range(0, old.count(), CHUNK):
+        chunk = list(old.order_by("pk").values("pk", "input_file_id", "output_file_id", "error_file_id")[:CHUNK])
+        if not chunk:
+            break
+        file_ids = {row[k] for row in chunk for k in ("input_file_id", "output_file_id", "error_file_id")} - {None}
+        with transaction.atomic():
+            # An input file another, still running batch reads stays (it goes when it expires).
+            file_ids -= set(Batch.objects.filter(status__in=Batch.ACTIVE, input_file_id__in=file_ids)
+                            .values_list("input_file_id", flat=True))
+            _, counts = Batch.objects.filter(pk__in=[row["pk"] for row in chunk]).delete()
+            files += BatchFile.objects.filter(pk__in=file_ids).delete()[0]
+        batches += counts.get("batches.Batch", 0)
+        lines += counts.get("batches.BatchLine", 0)
+    if batches:
+        logger.info("retention: deleted %d batch(es), %d line(s) and %d file(s) finished over %g day(s) ago",
+                    batches, lines, files, days)
+    return batches, lines, files
+
+
+def purge_expired_files(now=None):
+    """Delete stored files past their ``expires_at`` (never the input of a batch still running).
+    Returns the number deleted."""
+    from batches.models import Batch, BatchFile
+
+    running_inputs = Batch.objects.filter(status__in=Batch.ACTIVE).exclude(input_file=None).values("input_file_id")
+    expired = BatchFile.objects.filter(Q(expires_at__lt=now or timezone.now())).exclude(pk__in=running_inputs)
+    deleted = 0
+    while True:
+        ids = list(expired.values_list("pk", flat=True)[:CHUNK])
+        if not ids:
+            break
+        deleted += BatchFile.objects.filter(pk__in=ids).delete()[0]
+    if deleted:
+        logger.info("retention: deleted %d expired file(s)", deleted)
+    return deleted
+
+
 def run_once():
     """One periodic pass; errors are logged, never raised (the timer keeps going)."""
     try:
+        purge_expired_files()
+        purge_batches()
         return purge_expired()
     except Exception:
         logger.exception("retention pass failed")
@@ -101,9 +157,9 @@ class RetentionTimer:
 
 
 def start_retention():
-    """Start the embedded timer when retention is on; None when it is off."""
-    if not settings.SMOLSITE_RETENTION_DAYS or settings.SMOLSITE_RETENTION_DAYS <= 0:
-        return None
-    logger.info("retention: conversations idle for %g day(s) are deleted (checked every %g s)",
-                settings.SMOLSITE_RETENTION_DAYS, settings.SMOLSITE_RETENTION_INTERVAL)
+    """Start the embedded timer: always, since stored files expire whatever the retention
+    setting (with it off, a pass deletes expired files only)."""
+    if settings.SMOLSITE_RETENTION_DAYS and settings.SMOLSITE_RETENTION_DAYS > 0:
+        logger.info("retention: conversations idle and batches finished for %g day(s) are deleted (checked every "
+                    "%g s)", settings.SMOLSITE_RETENTION_DAYS, settings.SMOLSITE_RETENTION_INTERVAL)
     return RetentionTimer().start()

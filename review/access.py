@@ -6,13 +6,52 @@ means what people wrote and what models answered: message content and reasoning,
 request options (API turns), error text (it can quote the request) and conversation titles (made
 from the first message)."""
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.db.models import BooleanField, Case, Value, When
 
 from .models import AuditRecord
 
 PERMISSION = "review.view_transcript"
 SESSION_KEY = "review_reasons"  # {conversation id: reason}, for this admin session only
 HIDDEN = "[hidden: SMOLSITE_ADMIN_READ_MESSAGES is off]"
+
+
+# Per model: the fields that hold what people wrote or models answered (batch errors and metadata
+# quote request values and model output; a batch file holds the prompts).
+TEXT_FIELDS = {
+    "chat.conversation": {"title", "system_prompt"},
+    "chat.message": {"content", "reasoning", "error", "options"},
+    "batches.batch": {"errors", "metadata"},
+    "batches.batchline": {"body", "response", "error"},
+    "batches.batchfile": {"data"},
+}
+
+
+def lookup_reaches_text(model, lookup):
+    """Whether a query-string filter such as ``owner__conversations__title__icontains`` touches a
+    text field of ``model`` or of any model it walks to."""
+    for part in lookup.split("__"):
+        if part in TEXT_FIELDS.get(model._meta.label_lower, ()):
+            return True
+        try:
+            field = model._meta.get_field(part)
+        except FieldDoesNotExist:
+            return False
+        if not field.is_relation or field.related_model is None:
+            return False
+        model = field.related_model
+    return False
+
+
+class TextLookupGuard:
+    """For every ModelAdmin: query-string filters on text fields (?body__icontains=…, which the
+    admin allows on any local field) are refused (400) whatever the setting: the result count
+    would tell what people wrote, an unaudited search."""
+
+    def lookup_allowed(self, lookup, value, request=None):
+        if lookup_reaches_text(self.model, lookup):
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
 
 def text_readable():
@@ -25,6 +64,28 @@ def may_review(user):
 
 def may_read_text(user):
     return text_readable() and may_review(user)
+
+
+def may_read_conversation(request, conversation_id):
+    """Text of one conversation (its title, its error text) shows outside the transcript only
+    after this admin session gave a reason for it, as its transcript does."""
+    return may_read_text(request.user) and bool(reason_for(request, conversation_id))
+
+
+def reasoned_conversation_ids(request):
+    if not may_read_text(request.user):
+        return []
+    return [int(key) for key in request.session.get(SESSION_KEY, {}) if key.isdigit()]
+
+
+def text_flag(queryset, request, field="pk"):
+    """Rows annotated ``_text``: whether this request may show their text (list columns get no
+    request, and a ModelAdmin is shared by every request, so nothing per request may be kept on it)."""
+    ids = reasoned_conversation_ids(request)
+    if not ids:
+        return queryset.annotate(_text=Value(False, output_field=BooleanField()))
+    return queryset.annotate(_text=Case(When(**{f"{field}__in": ids}, then=Value(True)), default=Value(False),
+                                        output_field=BooleanField()))
 
 
 def require_review(request):
@@ -48,9 +109,10 @@ def give_reason(request, conversation_ids, reason):
     request.session[SESSION_KEY] = reasons  # reassigned so the session is saved
 
 
-def audit(request, action, conversation=None, reason="", with_text=False, detail=""):
+def audit(request, action, conversation=None, reason="", with_text=False, detail="", owner=None):
+    owner = conversation.owner if conversation else owner
     return AuditRecord.objects.create(
         user=request.user, username=request.user.get_username(),
         conversation_id=conversation.pk if conversation else None,
-        owner_username=conversation.owner.get_username() if conversation else "",
+        owner_username=owner.get_username() if owner else "",
         action=action, reason=reason, with_text=with_text, detail=detail[:300])

@@ -10,11 +10,12 @@ from django.utils.html import format_html, format_html_join
 
 from usage.models import UsageRecord, UserQuota
 
+from .access import TextLookupGuard
 from .models import AuditRecord
 
 
 @admin.register(AuditRecord)
-class AuditRecordAdmin(admin.ModelAdmin):
+class AuditRecordAdmin(TextLookupGuard, admin.ModelAdmin):
     list_display = ["created_at", "username", "action", "conversation", "owner_username", "with_text", "reason",
                     "detail"]
     list_filter = ["action", "with_text", "created_at", "username"]
@@ -60,7 +61,7 @@ admin.site.unregister(User)
 
 
 @admin.register(User)
-class ReviewUserAdmin(UserAdmin):
+class ReviewUserAdmin(TextLookupGuard, UserAdmin):
     """Django's user admin plus usage (from the usage ledger) and the editable quota."""
     inlines = [UserQuotaInline]
     list_display = list(UserAdmin.list_display) + ["conversations", "tokens_used"]

@@ -12,6 +12,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from batches.uploads import UploadCap  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 # The URLconf now, not at the first request: a plugin whose routes collide with the site's
 # refuses the start (smolsite.plugin_routes) instead of every request failing.
@@ -20,7 +21,8 @@ import smolsite.urls  # noqa: E402,F401
 application = ProtocolTypeRouter(
     {
         # Static files are served by the app itself, through WhiteNoise (smolsite.staticfiles).
-        "http": django_asgi_app,
+        # Upload size limits before Django spools the body (batches.uploads).
+        "http": UploadCap(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
