@@ -23,18 +23,30 @@ from inference import dispatch
 from inference.publish import remember_server_loop
 from usage.quotas import reserve
 
+from . import prompt_size
+
 logger = logging.getLogger(__name__)
 
 SILENCE_SECONDS = 2.0  # with no event this long, look at the rows
 
 
-def create_rows(plan, key, source="api", user_id=None, priority=None):
+def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tokens=None):
     """The conversation, its input turns and one pending answer per choice; returns
-    (conversation id, [answer ids in choice order]). Raises usage.quotas.QuotaExceeded.
-    Batches pass ``source="batch"``, ``priority="background"`` and, without a key, ``user_id``."""
+    (conversation id, [answer ids in choice order]). Raises usage.quotas.QuotaExceeded, and
+    ApiError for a prompt too long for the context or too many messages (before any row).
+    Batches pass ``source="batch"``, ``priority="background"`` and, without a key, ``user_id``.
+    ``prompt_tokens``: what api.prompt_size.check(plan) returned, when the caller measured already.
+
+    Each answer holds back its prompt's tokens as well as its max tokens until the ledger has
+    the real count: holding back only max tokens let twenty 6,000-token prompts with
+    max_tokens 1 all pass a nearly spent quota."""
     user_id = key.user_id if key is not None else user_id
+    if prompt_tokens is None:
+        prompt_tokens = prompt_size.check(plan)
+    # Choice order: each prompt (one for chat) n times.
+    holds = [plan.max_tokens + prompt_tokens[i // plan.n] for i in range(plan.choices)]
     with transaction.atomic():
-        reserve(user_id, plan.max_tokens * plan.choices, count=plan.choices)
+        reserve(user_id, sum(holds), count=plan.choices)
         if plan.kind == "chat":
             groups = [plan.turns]
             title_text = next((t["content"] for t in reversed(plan.turns) if t["role"] == "user"), "") or "API request"
@@ -70,7 +82,7 @@ def create_rows(plan, key, source="api", user_id=None, priority=None):
                     options["user"] = plan.user
                 replies.append(Message.objects.create(
                     conversation=conv, parent=parent, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
-                    model_name=plan.model, reserved_tokens=plan.max_tokens, options=options))
+                    model_name=plan.model, reserved_tokens=holds[len(replies)], options=options))
         conv.current_leaf = replies[0]
         conv.save(update_fields=["current_leaf"])
         return conv.pk, [r.pk for r in replies]

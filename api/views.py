@@ -6,6 +6,7 @@ Message rows on the same device queues, engine, plugins and fairness as the chat
 import functools
 import json
 import logging
+import time
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -18,8 +19,9 @@ from inference.models import all_models, get_model, model_features
 from inference.workers import alive_workers
 from usage.quotas import QuotaExceeded
 
-from . import params
+from . import params, prompt_size
 from .auth import authenticate
+from .models import ApiKey
 from .errors import ApiError, error_response, method_not_allowed, not_found
 from .runner import Run, close_when_dropped, create_rows
 from .schema import validation_error
@@ -98,6 +100,27 @@ def _served(model_name):
     return False
 
 
+class Authority:
+    """Whether the request's key still may be used (not revoked nor expired, its owner active):
+    a request is authorised at its start, but an answer streams on for minutes, so the key is
+    read again while it runs, at most once per RECHECK_SECONDS (one small query)."""
+
+    RECHECK_SECONDS = 1.0
+
+    def __init__(self, key):
+        self.key_id = key.pk
+        self.checked = time.monotonic()
+
+    async def revoked(self):
+        if time.monotonic() - self.checked < self.RECHECK_SECONDS:
+            return None
+        self.checked = time.monotonic()
+        if await database_sync_to_async(ApiKey.objects.usable().filter(pk=self.key_id).exists)():
+            return None
+        return ApiError(401, "This API key was revoked, has expired or its account was deactivated while the "
+                             "answer was generating: the answer was stopped.", code="invalid_api_key")
+
+
 def _quota_error(exc):
     kind = {"tokens": ("insufficient_quota", "insufficient_quota")}.get(exc.kind, ("requests", "rate_limit_exceeded"))
     return ApiError(429, str(exc), kind[0], None, kind[1], retry_after=exc.retry_after)
@@ -147,28 +170,38 @@ def _finish_reason(choice):
     return FINISH.get(choice.row.get("finish_reason") or "", "stop")
 
 
+def _read(request, parse):
+    """The checked plan and its prompts' sizes (api.prompt_size), before any row. Runs in a
+    worker thread: converting a JSON Schema to a grammar and counting a long prompt's tokens
+    can take long, and on the event loop they would hold up every other request."""
+    plan = params.check_plan(parse(params.parse_body(request)))
+    return plan, prompt_size.check(plan)
+
+
 async def _start(request, parse):
     key = await _authenticate(request)
-    plan = params.check_plan(parse(params.parse_body(request)))
+    plan, prompt_tokens = await sync_to_async(_read, thread_sensitive=False)(request, parse)
     if not await sync_to_async(_served)(plan.model):
         raise ApiError(503, f"No device worker is serving the model '{plan.model}' right now: try again later.",
                        "server_error", "model", "model_not_available", retry_after=5)
     try:
-        conversation_id, ids = await database_sync_to_async(create_rows)(plan, key)
+        conversation_id, ids = await database_sync_to_async(create_rows)(plan, key, prompt_tokens=prompt_tokens)
     except QuotaExceeded as exc:
         raise _quota_error(exc) from None
-    return plan, Run(conversation_id, ids, plan.model)
+    return plan, Run(conversation_id, ids, plan.model), Authority(key)
 
 
 async def _serve(request, parse, shape):
-    plan, run = await _start(request, parse)
+    plan, run, authority = await _start(request, parse)
     handed_over = False
     try:
         await run.start()
         updates = run.updates()
         if not plan.stream:
             async for _ in updates:  # until every choice is done
-                pass
+                problem = await authority.revoked()
+                if problem is not None:
+                    raise problem  # closing the run (below) stops the answers; they keep their text
             for choice in run.choices:
                 problem = _choice_error(plan, choice)
                 if problem:
@@ -186,7 +219,8 @@ async def _serve(request, parse, shape):
                 problem = _choice_error(plan, choice)
                 if problem and choice.row["status"] in ("error", "interrupted"):
                     raise problem
-        response = StreamingHttpResponse(_sse(plan, run, early, updates, shape), content_type="text/event-stream")
+        response = StreamingHttpResponse(_sse(plan, run, early, updates, shape, authority),
+                                         content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         close_when_dropped(response, run)
@@ -201,9 +235,10 @@ def _data(payload):
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
 
-async def _sse(plan, run, early, updates, shape):
+async def _sse(plan, run, early, updates, shape, authority):
     """Server-sent events; the generator is cancelled when the client disconnects, and closing
-    the run then stops every answer still generating."""
+    the run then stops every answer still generating. A key revoked mid-stream ends the stream
+    with an error event (OpenAI's error shape) and stops the answers, which keep their text."""
     try:
         for chunk in shape.opening(plan, run):
             yield _data(chunk)
@@ -215,6 +250,10 @@ async def _sse(plan, run, early, updates, shape):
                 yield item
 
         async for kind, choice, piece in items():
+            revoked = await authority.revoked()
+            if revoked is not None:
+                yield _data(revoked.payload())
+                return
             if kind in ("queue", "idle"):
                 # SSE comments (clients ignore them): where the request waits, and keep-alives.
                 yield (f": {piece} ahead in the queue\n\n" if kind == "queue" else ": waiting\n\n").encode()

@@ -131,11 +131,43 @@ def _stop_running(batch):
 
 # ---- the driver's step -------------------------------------------------------------------------
 
+def refusal(batch):
+    """Why the batch may not run any more (its API key revoked or expired, its owner deactivated),
+    or None. Checked at every step: a key is authorised once per request, but a batch runs on."""
+    from django.contrib.auth import get_user_model
+
+    from api.models import ApiKey
+
+    if not get_user_model().objects.filter(pk=batch.owner_id, is_active=True).exists():
+        return {"code": "user_deactivated", "message": "The batch was stopped: its owner's account was deactivated."}
+    if batch.api_key_id and not ApiKey.objects.usable().filter(pk=batch.api_key_id).exists():
+        return {"code": "api_key_revoked", "message": "The batch was stopped: the API key that created it was "
+                                                      "revoked or has expired."}
+    return None
+
+
+def _refuse(batch, why):
+    """Stop a batch its owner or key may no longer run: lines not started never run, running ones
+    are stopped (they keep their partial text); it ends ``cancelled`` with ``errors`` saying why."""
+    now = timezone.now()
+    if Batch.objects.filter(pk=batch.pk, status__in=(S.VALIDATING, S.IN_PROGRESS)).update(
+            status=S.CANCELLING, cancelling_at=now, errors=[{**why, "param": None, "line": None}]):
+        BatchLine.objects.filter(batch=batch, status__in=(L.QUEUED, L.STARTING)).update(
+            status=L.CANCELLED, finished_at=now, error=why)
+        _stop_running(batch)
+        logger.warning("batch %s stopped: %s", batch.pk, why["code"])
+    batch.refresh_from_db()
+
+
 def advance(batch, driver=""):
     """One step of one batch: collect ended lines, start more, finish when nothing is left."""
     now = timezone.now()
     if driver:
         Batch.objects.filter(pk=batch.pk).update(driver=driver, driver_seen=now)
+    if batch.status == S.IN_PROGRESS:
+        why = refusal(batch)
+        if why is not None:
+            _refuse(batch, why)
     if batch.status == S.IN_PROGRESS and batch.expires_at and now >= batch.expires_at:
         _expire(batch)
     if batch.status == S.CANCELLING or batch.expired_at:

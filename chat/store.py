@@ -1,4 +1,6 @@
 """The job store behind the generation service: a job is an assistant Message row."""
+import threading
+
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -31,14 +33,22 @@ def _drop_broken_connection():
             connection.close()
 
 
+# Who each generation this process claimed charges (usage.ledger.payer), until it finishes: the
+# ledger row is written from it when the chat is deleted mid-answer.
+_payers = {}
+_payers_lock = threading.Lock()
+
+
 class MessageStore(JobStore):
     def claim(self, job_id, worker_id):
         updated = Message.objects.filter(pk=job_id, status=Message.Status.PENDING).update(
             status=Message.Status.STREAMING, worker_id=worker_id, updated_at=timezone.now())
         if not updated:
             return None
-        message = Message.objects.select_related("conversation").get(pk=job_id)
+        message = Message.objects.select_related("conversation", "conversation__api_key").get(pk=job_id)
         conv = message.conversation
+        with _payers_lock:
+            _payers[str(job_id)] = ledger.payer(message)
         # Per-request options (API requests): they override the conversation's settings.
         opts = message.options or {}
         messages = opts["messages"] if isinstance(opts.get("messages"), list) else history_for(message)
@@ -73,6 +83,8 @@ class MessageStore(JobStore):
         (the reaper marked it interrupted and told the tabs, or it was deleted): it stays so."""
         _drop_broken_connection()
         now = timezone.now()
+        with _payers_lock:
+            payer = _payers.pop(str(job_id), None)
         with transaction.atomic():
             saved = Message.objects.filter(pk=job_id, status=Message.Status.STREAMING).update(
                 content=result.text,
@@ -93,6 +105,8 @@ class MessageStore(JobStore):
                 finished_at=now,
             )
             if not saved:
+                # Ended elsewhere (the reaper) or deleted: the tokens were used all the same.
+                ledger.record(job_id, result, now=now, fallback=payer)
                 return False
             Conversation.objects.filter(messages__pk=job_id).update(updated_at=now)
             # The usage ledger: once per generation, in the transaction that ends it (so its

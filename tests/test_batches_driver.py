@@ -118,7 +118,12 @@ def test_a_batch_leaves_the_owner_room_for_chats(user, enqueued):
 
 
 def test_a_token_quota_fails_the_line_and_the_ledger_says_batch(user, enqueued):
-    UserQuota.objects.create(user=user, tokens_per_day=10)
+    from api import params, prompt_size
+
+    # Room for one line's hold (its prompt's tokens and max_tokens 8), not two.
+    plan = params.parse_chat({"model": MODEL, "messages": [{"role": "user", "content": "q0"}], "max_tokens": 8})
+    hold = 8 + prompt_size.check(plan)[0]
+    UserQuota.objects.create(user=user, tokens_per_day=hold + hold // 2)
     batch = make(user, 2)
     service.advance(batch)
     assert len(enqueued) == 1

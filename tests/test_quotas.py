@@ -70,7 +70,7 @@ def used(user, tokens, when, model="smollm2-135m", source="chat"):
 
 def test_user_limits_override_the_site_default():
     user = make_user()
-    SiteQuota.objects.create(tokens_per_day=1000, requests_per_minute=10)
+    SiteQuota.objects.create(tokens_per_day=1000, requests_per_minute=10, tokens_per_month=None)
     set_quota(user, tokens_per_day=50)
     limits = quotas.effective_limits(UserQuota.objects.get(user=user))
     assert limits.tokens_per_day == 50

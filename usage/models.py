@@ -29,8 +29,29 @@ class Limits(models.Model):
         abstract = True
 
 
+# The site default until an admin saves one (Usage > site default quota): a fresh install is not
+# unlimited. Generous for one person (the chat page's own limits are tighter), but one key or
+# script cannot take every device-worker thread or run the machine all day.
+DEFAULTS = {"requests_per_minute": 600, "tokens_per_day": 1_000_000, "tokens_per_month": 10_000_000,
+            "concurrent_generations": 16}
+
+
 class SiteQuota(Limits):
-    """The default for every user without a limit of their own (a single row)."""
+    """The default for every user without a limit of their own (a single row; DEFAULTS until
+    an admin saves it, and empty fields in it mean no limit)."""
+
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, default=DEFAULTS["requests_per_minute"],
+        help_text="generations started per minute (chat and API together); empty: no limit")
+    tokens_per_day = models.PositiveBigIntegerField(
+        null=True, blank=True, default=DEFAULTS["tokens_per_day"],
+        help_text="prompt + completion tokens per calendar day (UTC); empty: no limit")
+    tokens_per_month = models.PositiveBigIntegerField(
+        null=True, blank=True, default=DEFAULTS["tokens_per_month"],
+        help_text="prompt + completion tokens per calendar month (UTC); empty: no limit")
+    concurrent_generations = models.PositiveIntegerField(
+        null=True, blank=True, default=DEFAULTS["concurrent_generations"],
+        help_text="answers generating or queued at once; empty: no limit")
 
     class Meta:
         verbose_name = verbose_name_plural = "site default quota"
