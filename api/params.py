@@ -222,6 +222,9 @@ def _response_format(data, plan):
     schema = spec.get("schema") or {}
     try:
         plan.grammar = schemas.grammar_for_schema(schema)
+    except schemas.SchemaTooLarge as exc:
+        raise invalid(f"This JSON schema is too large to enforce: {exc}", "response_format",
+                      "schema_too_large") from None
     except schemas.SchemaError as exc:
         raise invalid(f"This JSON schema cannot be enforced: {exc}", "response_format",
                       "unsupported_schema") from None

@@ -12,6 +12,7 @@ from inference.prompt import ChatTemplate
 
 from . import logs
 from .engine import BatchEngine, Job, wait_chunks
+from .sampling import Sampler
 
 GPU_DEVICES = {"cuda", "metal", "vulkan", "rocm", "gpu"}
 VISIBLE_SPECIAL = ("<think>", "</think>")
@@ -202,8 +203,17 @@ class LlamaCppBackend(Backend):
         if should_stop():
             yield Finish("stopped", len(tokens), 0)
             return
+        sampler = None
+        if request.grammar:
+            # Parsed here, in the caller's thread: a large grammar's parse never holds up the
+            # engine's step, which every running answer waits for.
+            try:
+                sampler = Sampler(self.engine.vocab, request.params, request.grammar)
+            except ValueError as exc:
+                yield Finish("error", len(tokens), 0, error=str(exc))
+                return
         job = self.engine.submit(Job(tokens, request.params, user=request.user_key, priority=request.priority,
-                                     grammar=request.grammar or None, public=public))
+                                     grammar=request.grammar or None, public=public, sampler=sampler))
         yield from wait_chunks(self.engine, job, should_stop)
 
     def stats(self):

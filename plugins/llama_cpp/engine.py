@@ -20,13 +20,17 @@ from .scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
+GRAMMAR_TOO_COSTLY = ("this response format costs the shared engine too much to enforce (its grammar was slowing "
+                      "every answer on this server): use a smaller schema (fewer properties, alternatives or enum "
+                      "values) or a prompt that asks for the JSON it describes")
+
 
 class Job:
     """One request inside the engine; the caller reads ``out`` until a Finish arrives."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, tokens, params, user="", priority="interactive", grammar=None, public=0):
+    def __init__(self, tokens, params, user="", priority="interactive", grammar=None, public=0, sampler=None):
         self.id = next(self._ids)
         self.tokens = list(tokens)
         self.public = public  # leading tokens holding no user's text (shareable across users)
@@ -44,7 +48,8 @@ class Job:
         self.pending = None  # sampled token not yet decoded
         self.produced = 0
         self.position = None
-        self.sampler = self.detok = self.stops = None
+        self.sampler = sampler  # made by the caller when it has a grammar, else at admission
+        self.detok = self.stops = None
         # The engine's (steps, tokens decoded) when it was submitted, admitted and sampled its
         # first token: how long it waited in engine units, which a busy machine cannot blur.
         self.marks = {}
@@ -163,6 +168,8 @@ class BatchEngine:
         if job.slot is not None:  # paused mid-answer: keep what it produced
             self._finish(job, "stopped")
         else:
+            if job.sampler is not None:
+                job.sampler.close()
             job.out.put(Finish("stopped", len(job.tokens), 0))
 
     def _preempt_background(self):
@@ -196,7 +203,7 @@ class BatchEngine:
                 changed = True
                 continue
             try:
-                job.sampler = Sampler(self.vocab, job.params, job.grammar)
+                job.sampler = job.sampler or Sampler(self.vocab, job.params, job.grammar)
             except ValueError as exc:
                 self.scheduler.finished(job.user, job.priority)
                 job.out.put(Finish("error", len(job.tokens), 0, error=str(exc)))
@@ -277,7 +284,11 @@ class BatchEngine:
                 job.n_past += 1
             if wants_logits:
                 job.pending = None
-                self._accept(job, job.sampler.sample(self.ctx, i))
+                token = job.sampler.sample(self.ctx, i)
+                if job.sampler.over_budget(job.produced + 1):
+                    self._fail(job, GRAMMAR_TOO_COSTLY)
+                    continue
+                self._accept(job, token)
 
     def _fill_batch(self, rows):
         b = self.batch
