@@ -14,6 +14,9 @@ from .errors import ApiError, invalid
 ROLES = {"system", "developer", "user", "assistant"}
 EFFORTS = {"none", "minimal", "low", "medium", "high"}
 MAX_STOP = 4
+# The engine looks for every stop string at every token, in the step all answers share: a
+# 100,000-character stop the text keeps almost matching costs that step quadratic time.
+MAX_STOP_CHARS = 256
 MAX_MESSAGES = 2000  # more turns than any context here holds; each becomes a row
 
 
@@ -173,6 +176,8 @@ def _common(data, plan):
         stop = [stop]
     if not isinstance(stop, list) or len(stop) > MAX_STOP or any(not isinstance(s, str) for s in stop):
         raise invalid(f"'stop' must be a string or a list of up to {MAX_STOP} strings.", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise invalid(f"Each 'stop' string may be at most {MAX_STOP_CHARS} characters.", "stop")
     plan.stop = [s for s in stop if s]
     seed = data.get("seed")
     if seed is not None and (not _is_int(seed) or abs(seed) >= 2 ** 63):

@@ -50,6 +50,9 @@ HI = [{"role": "user", "content": "hi"}]
     ({"model": MODEL, "messages": HI, "chat_template_kwargs": {"enable_thinking": "no"}}, "chat_template_kwargs"),
     ({"model": MODEL, "messages": HI, "stop": "x",
       "response_format": {"type": "json_object"}}, "stop"),
+    ({"model": MODEL, "messages": HI, "stop": ["a" * 257]}, "stop"),  # checked at every token, in the shared step
+    ({"model": MODEL, "messages": HI, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "s", "schema": {"type": "string", "maxLength": 2_000_000}}}}, "response_format"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "a\x00b"}]}, None),
     ({"model": MODEL, "messages": [{"role": "system", "content": "only a system prompt"}]}, "messages"),
     ({"model": MODEL, "messages": [{"role": "assistant", "content": "x", "tool_calls": [{}]}]},
@@ -104,3 +107,12 @@ def test_no_csrf_token_is_needed(key):
     strict = Client(enforce_csrf_checks=True)
     error = error_of(post(strict, key, {"model": MODEL}), 400)  # reached the view: not a CSRF 403
     assert error["param"] == "messages"
+
+
+def test_a_schema_over_a_limit_is_a_400_naming_the_limit_and_writes_nothing(client, key):
+    body = {"model": MODEL, "messages": HI, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "s", "schema": {"type": "object", "properties": {"x": {"enum": [str(i) for i in range(20_000)]}}}}}}
+    error = error_of(post(client, key, body), 400)
+    assert error["param"] == "response_format" and error["code"] == "schema_too_large"
+    assert "1,000 enum and const values" in error["message"]
+    assert not Conversation.objects.exists() and not Message.objects.exists()
