@@ -6,6 +6,7 @@ llama.cpp models are counted with their own tokenizer, loaded vocabulary-only in
 (about 0.1 s once per model, a few MB; counting 600 KB of text takes 0.3 s, so this runs off the
 event loop), and the turns rendered with the model's own chat template. Other backends (plugins)
 are bounded from the text: no tokenizer here, but no token is shorter than one byte.
+The ledger still charges what the worker counted; this only decides what is held meanwhile.
 
 Two figures per prompt: ``least`` (the typed text alone: the prompt is surely at least this
 long, so refusing on it never refuses a prompt that fits) and ``most`` (what the quota holds back
@@ -91,9 +92,9 @@ def vocab_for(model_name):
 def measure(vocab, messages, raw=False):
     """The Size of one prompt: ``messages`` in chat-template shape, or one raw prompt (``raw``)."""
     if vocab is None:
-        # No tokenizer: at most one token per byte (plus markup); nothing known for certain.
-        text_bytes = sum(len(m["content"].encode()) + len(m["role"]) + TURN_TOKENS for m in messages)
-        return Size(0, text_bytes + (0 if raw else TEMPLATE_TOKENS))
+        # No tokenizer: at most one token per byte of the turns and their roles, plus a few for
+        # each turn's markup (a plugin's own template preamble is its ledger's to count).
+        return Size(0, sum(len(m["content"].encode()) + len(m["role"]) + TURN_TOKENS for m in messages))
     contents = sum(vocab.count(m["content"]) for m in messages)
     # Pieces tokenized apart may merge by a token at each seam when joined.
     least = max(0, contents - len(messages))

@@ -43,6 +43,16 @@ def clock(monkeypatch):
     return Clock
 
 
+@pytest.fixture
+def no_worker_here():
+    """No embedded worker left in this process by an earlier test module (the autouse cache clear
+    drops its heartbeat, so the API would answer 503 "not served"): with none, the API takes the
+    model as served, a worker starting on first use, which these refused requests never reach."""
+    from inference import embedded
+
+    embedded.stop_all()
+
+
 def make_key(name="ann", **limits):
     user = get_user_model().objects.create_user(name, password="pw-123456789")
     if limits:
@@ -127,7 +137,7 @@ def test_the_site_default_quota_is_not_unlimited():
 
 
 @pytest.mark.django_db(transaction=True)  # the view's database_sync_to_async needs it
-def test_rate_limit_is_429_with_retry_after_and_the_next_minute_is_free_again(client, clock):
+def test_rate_limit_is_429_with_retry_after_and_the_next_minute_is_free_again(client, clock, no_worker_here):
     # Each request is counted before its tokens are checked: a quota too small for any answer
     # refuses them all without starting one, so no device worker is needed here.
     _, raw = make_key(requests_per_minute=1, tokens_per_day=1)
@@ -190,7 +200,7 @@ def test_concurrent_requests_against_room_for_one_let_exactly_one_through(monkey
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
-async def test_parsing_a_request_runs_off_the_event_loop_and_a_bad_schema_is_still_400(monkeypatch):
+async def test_parsing_a_request_runs_off_the_event_loop_and_a_bad_schema_is_still_400(monkeypatch, no_worker_here):
     _, raw = await sync_to_async(make_key)(tokens_per_day=1)  # refused after parsing: nothing runs
     on_loop = []
     real = schemas.grammar_for_schema

@@ -1,5 +1,6 @@
 """Batches against a real served process (daphne, the embedded device worker in its child
-process, the batch driver thread, its own SQLite file), with the official ``openai`` client's
+process, the batch driver thread, its own SQLite file or, in the PostgreSQL run, a PostgreSQL database of
+its own), with the official ``openai`` client's
 files and batches methods; and ``manage.py batch run`` on its own database. Answers are kept
 short; the slow echo model makes cancelling and killing the worker mid-batch deterministic."""
 import json
@@ -16,12 +17,10 @@ import jsonschema
 import openai
 import pytest
 
-from browser_support import ARTIFACTS, REPO, LiveServer
+from browser_support import ARTIFACTS, REPO
+from live_stack import LiveServer, live_database
 
-pytestmark = [
-    pytest.mark.model,
-    pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="the live server always uses SQLite"),
-]
+pytestmark = pytest.mark.model
 
 SMOL = "smollm2-135m"
 SLOW = "echo-slow"
@@ -57,14 +56,17 @@ def server(tmp_path_factory, default_model_path):
         SMOL: {"path": default_model_path, "n_ctx": 2048, "threads": 2, "device": "cpu", "slots": 2},
         SLOW: {"path": default_model_path, "backend": "echo", "delay": 0.05, "device": "cpu"},
     }
-    live = LiveServer(workdir, models, ARTIFACTS / "batches-server.log", env={
-        "SMOLSITE_BATCH_IN_FLIGHT": "4", "SMOLSITE_BATCH_TICK_SECONDS": "0.3", "SMOLSITE_BATCH_MAX_ACTIVE": "10"}
-    ).start()
-    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", SETUP], cwd=REPO, env=live.env, check=True,
-                         capture_output=True, text=True, timeout=120).stdout
-    live.keys = json.loads(out.strip().splitlines()[-1])
-    yield live
-    live.stop()
+    with live_database("batches") as database_url:
+        live = LiveServer(workdir, models, ARTIFACTS / "batches-server.log", database_url=database_url, env={
+            "SMOLSITE_BATCH_IN_FLIGHT": "4", "SMOLSITE_BATCH_TICK_SECONDS": "0.3", "SMOLSITE_BATCH_MAX_ACTIVE": "10"}
+        ).start()
+        try:
+            out = subprocess.run([sys.executable, "manage.py", "shell", "-c", SETUP], cwd=REPO, env=live.env,
+                                 check=True, capture_output=True, text=True, timeout=120).stdout
+            live.keys = json.loads(out.strip().splitlines()[-1])
+            yield live
+        finally:
+            live.stop()
 
 
 def client_for(server, who="alice"):
@@ -82,9 +84,7 @@ def page(server, path, who="alice"):
 
 
 def query(server, sql, *args):
-    with sqlite3.connect(server.db_path, timeout=20) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute(sql, args).fetchall()]
+    return server.query(sql, *args)
 
 
 def request_line(custom_id, model=SMOL, text="Say hello.", **body):
@@ -221,7 +221,7 @@ def test_validation_failure_runs_nothing(server):
 
 def test_token_quota_fails_the_line_with_its_message(server):
     client = client_for(server, "tight")
-    batch = wait_for(client, submit(client, [request_line("first", model=SLOW, text="one two", max_tokens=50),
+    batch = wait_for(client, submit(client, [request_line("first", model=SLOW, text="one two", max_tokens=30),
                                              request_line("second", model=SLOW, text="three", max_tokens=50)]).id)
     assert batch.status == "completed" and batch.request_counts.completed == 1 and batch.request_counts.failed == 1
     failed = records(client, batch.error_file_id)
@@ -295,6 +295,9 @@ def test_a_server_restart_mid_batch_loses_nothing(server):
                for r in out)
 
 
+# The command line drives batches with the same service code the served driver runs (which the
+# PostgreSQL run covers above); its own SQLite file keeps it to the SQLite run.
+@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="the command line's own database is SQLite")
 def test_command_line_runs_a_file_and_ctrl_c_cancels(tmp_path, default_model_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update({"SQLITE_PATH": str(tmp_path / "db.sqlite3"), "SMOLSITE_VAR_DIR": str(tmp_path),

@@ -19,6 +19,16 @@ from smolsite.asgi import application
 MODEL = "smollm2-135m"
 
 
+@pytest.fixture
+def frozen_clock(monkeypatch):
+    """django-ratelimit's windows start at fixed times: a window edge falling inside a test would
+    let one more action through. Time stands still for the test (as in tests/test_quotas.py)."""
+    import django_ratelimit.core as ratelimit_core
+
+    now = time.time()
+    monkeypatch.setattr(ratelimit_core, "time", type("FrozenTime", (), {"time": staticmethod(lambda: now)}))
+
+
 def make_user(username):
     return get_user_model().objects.create_user(username, password="pw-123456789")
 
@@ -121,7 +131,7 @@ def test_tabs_opened_at_once_cannot_all_take_the_last_places(settings, monkeypat
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
-async def test_sends_and_regenerations_per_minute_are_limited(loaded_registry, settings):
+async def test_sends_and_regenerations_per_minute_are_limited(loaded_registry, settings, frozen_clock):
     settings.SMOLSITE_ACTIONS_PER_MINUTE = 2
     alice = await database_sync_to_async(make_user)("alice")
     conv = await database_sync_to_async(make_conversation)(alice, max_tokens=4)
@@ -146,7 +156,8 @@ async def test_sends_and_regenerations_per_minute_are_limited(loaded_registry, s
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
-async def test_resume_frames_per_minute_are_limited_and_render_off_the_database_thread(settings, monkeypatch):
+async def test_resume_frames_per_minute_are_limited_and_render_off_the_database_thread(settings, monkeypatch,
+                                                                                       frozen_clock):
     settings.SMOLSITE_RESUMES_PER_MINUTE = 3
     alice = await database_sync_to_async(make_user)("alice")
     conv = await database_sync_to_async(make_conversation)(alice)
