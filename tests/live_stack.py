@@ -6,6 +6,7 @@ tests/test_worker_process.py, tests/test_concurrent_users.py and tests/test_faul
 Nothing here waits for a time: every wait polls a condition under a deadline that only bounds a
 hang."""
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -18,10 +19,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 from websockets.asyncio.client import connect
 
+import browser_support
 from browser_support import REPO, free_port
 
 MODEL = "smollm2-135m"
@@ -329,6 +332,78 @@ for name in {names!r}:
                     "session": client.cookies[settings.SESSION_COOKIE_NAME].value}})
 print(json.dumps(people))
 """
+
+
+# ---- a live server on the run's database ---------------------------------------------------------
+
+def pg_server_url():
+    """DATABASE_URL when it names PostgreSQL (the PostgreSQL run of `make test`), else ""."""
+    url = os.environ.get("DATABASE_URL", "")
+    return url if url.startswith(("postgres://", "postgresql://")) else ""
+
+
+@contextlib.contextmanager
+def live_database(prefix):
+    """A database of the caller's own for a served process: on DATABASE_URL's PostgreSQL server
+    when that is set (created empty, dropped after; never pytest-django's test database, which
+    the test process holds), else None (the server then uses a SQLite file of its own)."""
+    server = pg_server_url()
+    if not server:
+        yield None
+        return
+    import psycopg
+
+    base = server.rpartition("/")[0]
+    name = f"smolsite_{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class LiveServer(browser_support.LiveServer):
+    """browser_support's served site (daphne, the embedded worker) on ``database_url`` when given
+    (see live_database), else its own SQLite file; ``query`` reads either with "?" placeholders."""
+
+    def __init__(self, workdir, models, log_path, env=None, database_url=None):
+        super().__init__(workdir, models, log_path, env=env)
+        self.database_url = database_url
+        if database_url:
+            self.env.pop("SQLITE_PATH", None)
+            self.env["DATABASE_URL"] = database_url
+
+    def query(self, sql, *args):
+        """Rows as dicts."""
+        if self.database_url:
+            import psycopg
+            from psycopg.rows import dict_row
+
+            with psycopg.connect(self.database_url, row_factory=dict_row, connect_timeout=10) as db:
+                return list(db.execute(sql.replace("?", "%s") if args else sql, args or None).fetchall())
+        with sqlite3.connect(self.db_path, timeout=20) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute(sql, args).fetchall()]
+
+    def execute(self, sql, *args):
+        if self.database_url:
+            import psycopg
+
+            with psycopg.connect(self.database_url, connect_timeout=10) as db:
+                db.execute(sql.replace("?", "%s") if args else sql, args or None)
+            return
+        with sqlite3.connect(self.db_path, timeout=20) as db:
+            db.execute(sql, args)
+
+    def message(self, message_id):
+        rows = self.query("SELECT * FROM chat_message WHERE id = ?", message_id)
+        return rows[0] if rows else None
+
+    def user(self, username):
+        rows = self.query("SELECT * FROM auth_user WHERE username = ?", username)
+        return rows[0] if rows else None
 
 
 # ---- websocket clients ------------------------------------------------------------------------------
