@@ -38,8 +38,9 @@ def max_file_storage_per_user():
 
 
 def too_large(size=None):
-    told = f"The file is {size:,} bytes; at most" if size else "The upload is larger than the"
-    return ApiError(413, f"{told} {max_file_bytes():,} bytes are accepted.", param="file", code="file_too_large")
+    told = f"The file is {size:,} bytes" if size else "The upload is larger than the limit"
+    return ApiError(413, f"{told}; at most {max_file_bytes():,} bytes are accepted.", param="file",
+                    code="file_too_large")
 
 
 class SizeCap(FileUploadHandler):
