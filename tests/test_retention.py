@@ -140,10 +140,16 @@ def test_the_embedded_timer_runs_passes_by_itself(settings):
     settings.SMOLSITE_RETENTION_INTERVAL = 0.05
     alice = make_user()
     old, recent = make_chat(alice, 40 * DAY, "done"), make_chat(alice, DAY, "done")
+    from batches.models import BatchFile
+
+    expired = BatchFile.objects.create(owner=alice, filename="x.jsonl", data=b"{}",
+                                       expires_at=timezone.now() - DAY)
+    old_batch, _ = make_batch(alice, 40 * DAY, "completed", "old")
     timer = retention.start_retention()
     try:
         deadline = time.monotonic() + 60
-        while exists(old) or timer.passes < 3:
+        while exists(old) or timer.passes < 3 or BatchFile.objects.filter(pk=expired.pk).exists() \
+                or type(old_batch).objects.filter(pk=old_batch.pk).exists():
             assert time.monotonic() < deadline, "the timer did not delete the old chat"
             assert timer.thread.is_alive()
             time.sleep(0.05)
@@ -204,3 +210,65 @@ def redis_db():
     client.flushdb()
     yield client
     client.close()
+
+
+# ---- batches and stored files (issue 16) ----------------------------------------------------------
+
+def make_batch(owner, age, status, name):
+    """A batch created ``age`` ago (and ended then unless still active), with one line and its
+    input, output and error files."""
+    from batches.models import Batch, BatchFile, BatchLine
+
+    then = timezone.now() - age
+    files = [BatchFile.objects.create(owner=owner, filename=f"{name}-{kind}.jsonl", data=b"{}", bytes=2,
+                                      created_at=then, expires_at=None) for kind in ("in", "out", "err")]
+    ended = {} if status in Batch.ACTIVE else {f"{status}_at": then}
+    batch = Batch.objects.create(owner=owner, status=status, created_at=then, input_file=files[0],
+                                 output_file=files[1], error_file=files[2], total=1, **ended)
+    BatchLine.objects.create(batch=batch, index=0, custom_id="a", body={"messages": []}, status="done",
+                             response={"body": {"choices": [{"message": {"content": "answer"}}]}})
+    return batch, files
+
+
+@pytest.mark.django_db
+def test_a_pass_deletes_old_finished_batches_with_their_lines_and_files(settings):
+    from batches.models import Batch, BatchFile, BatchLine
+
+    settings.SMOLSITE_RETENTION_DAYS = 30
+    alice = make_user()
+    old, old_files = make_batch(alice, 40 * DAY, "completed", "old")
+    cancelled, cancelled_files = make_batch(alice, 40 * DAY, "cancelled", "cancelled")
+    running, running_files = make_batch(alice, 40 * DAY, "in_progress", "running")
+    recent, recent_files = make_batch(alice, DAY, "completed", "recent")
+    # An old finished batch whose input file a running batch also reads: the input stays.
+    shared, _ = make_batch(alice, 40 * DAY, "failed", "shared")
+    Batch.objects.filter(pk=running.pk).update(input_file=shared.input_file)
+
+    assert retention.purge_batches() == (3, 3, 8)  # the shared input file stays
+    assert set(Batch.objects.values_list("pk", flat=True)) == {running.pk, recent.pk}
+    assert set(BatchLine.objects.values_list("batch_id", flat=True)) == {running.pk, recent.pk}
+    left = set(BatchFile.objects.values_list("pk", flat=True))
+    assert not left & {f.pk for f in old_files + cancelled_files}
+    assert {f.pk for f in running_files + recent_files} | {shared.input_file_id} == left
+    assert retention.purge_batches() == (0, 0, 0)
+
+
+@pytest.mark.django_db
+def test_expired_files_are_deleted_whatever_the_retention_setting(settings):
+    from batches import service
+    from batches.models import Batch, BatchFile
+
+    assert settings.SMOLSITE_RETENTION_DAYS == 0
+    alice = make_user()
+    gone = service.store_file(alice, "gone.jsonl", b"{}")
+    kept = service.store_file(alice, "kept.jsonl", b"{}")
+    forever = BatchFile.objects.create(owner=alice, filename="forever.jsonl", data=b"{}", expires_at=None)
+    running_input = service.store_file(alice, "input.jsonl", b"{}")
+    Batch.objects.create(owner=alice, status="in_progress", input_file=running_input)
+    now = timezone.now()
+    BatchFile.objects.filter(pk__in=[gone.pk, running_input.pk]).update(expires_at=now - DAY)
+    assert retention.purge_expired_files() == 1
+    assert set(BatchFile.objects.values_list("pk", flat=True)) == {kept.pk, forever.pk, running_input.pk}
+    # The default expiry (30 days) applies to every stored file.
+    assert retention.purge_expired_files(now=now + 31 * DAY) == 1
+    assert set(BatchFile.objects.values_list("pk", flat=True)) == {forever.pk, running_input.pk}
