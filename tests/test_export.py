@@ -237,6 +237,36 @@ def test_deleting_the_account_removes_everything_of_theirs_and_nothing_else(clie
     assert not ApiKey.objects.filter(pk=key.pk).exists()
 
 
+def test_deleting_the_account_leaves_no_session_or_cache_entry_behind(client):
+    """Issue 16: the account's other sessions (another browser) and its entries in the shared cache
+    (the open-socket register, which names its socket channels) go with it; bob's stay."""
+    from django.contrib.sessions.models import Session
+    from django.core.cache import cache
+    from django.test import Client
+
+    from chat import limits
+
+    alice, bob = make_user("alice"), make_user("bob")
+    make_everything(alice)
+    laptop, bobs = Client(), Client()
+    laptop.force_login(alice)
+    bobs.force_login(bob)
+    limits.open_socket(alice.pk, "specific.alice-tab")
+    limits.open_socket(bob.pk, "specific.bob-tab")
+
+    def sessions_of(user):
+        return [s for s in Session.objects.all() if s.get_decoded().get("_auth_user_id") == str(user.pk)]
+
+    assert sessions_of(alice)
+    client.force_login(alice)
+    assert client.post(reverse("account-delete"), {"password": PASSWORD, "confirm": "on"}).status_code == 200
+    assert sessions_of(alice) == [] and len(sessions_of(bob)) == 1
+    assert all(cache.get(key) is None for key in limits.socket_cache_keys(alice.pk))
+    assert cache.get(limits.socket_cache_keys(bob.pk)[0])
+    assert laptop.get(reverse("account")).status_code == 302
+    assert set(counts_for(alice.pk).values()) == {0}
+
+
 def test_the_only_administrator_cannot_delete_their_account(client):
     admin = get_user_model().objects.create_superuser("root", password=PASSWORD)
     client.force_login(admin)
