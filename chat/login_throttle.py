@@ -136,6 +136,9 @@ class ThrottledLoginMixin:
             if self.get_user() is not None:  # the right password, refused for another reason (not staff)
                 attempt.clear()
             raise
+        except BaseException:  # the password was never checked (the database is down): not a failure
+            attempt.clear()
+            raise
         attempt.clear()
         return cleaned
 

@@ -13,6 +13,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 
 from batches.uploads import UploadCap  # noqa: E402
+from chat.nul_guard import NulCookieGuard  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 # The URLconf now, not at the first request: a plugin whose routes collide with the site's
 # refuses the start (smolsite.plugin_routes) instead of every request failing.
@@ -23,7 +24,9 @@ application = ProtocolTypeRouter(
         # Static files are served by the app itself, through WhiteNoise (smolsite.staticfiles).
         # Upload size limits before Django spools the body (batches.uploads).
         "http": UploadCap(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # A cookie with a NUL in it never reaches the session lookup (chat.nul_guard).
+        "websocket": AllowedHostsOriginValidator(
+            NulCookieGuard(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )
 

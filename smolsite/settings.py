@@ -107,6 +107,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # A NUL in the path is a 400 before any view, and dropped from the query and the cookies (PostgreSQL
+    # text cannot hold it): before the session middleware, which takes its key from a cookie.
+    "chat.nul_guard.NulCharacterMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -116,8 +119,6 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     # An unreachable database answers 503 saying so, not a 500 (chat.db_unavailable).
     "chat.db_unavailable.DatabaseUnavailableMiddleware",
-    # A NUL in the path is a 400 before any view, and dropped from the query (PostgreSQL text cannot hold it).
-    "chat.nul_guard.NulCharacterMiddleware",
 ]
 
 ROOT_URLCONF = "smolsite.urls"
