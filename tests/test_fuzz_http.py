@@ -191,11 +191,15 @@ def upload(client, path, filename, data, **fields):
 
 
 @fuzz
-@given(name=filenames, data=file_contents, purpose=st.sampled_from(["batch", "fine-tune", "", "BATCH"]) | odd_text)
-def test_fuzz_file_uploads(site, name, data, purpose):
+@given(name=filenames, data=file_contents, purpose=st.sampled_from(["batch", "fine-tune", "", "BATCH"]) | odd_text,
+       expiry=st.fixed_dictionaries({}, optional={
+           "expires_after[anchor]": st.sampled_from(["created_at", ""]) | odd_text,
+           "expires_after[seconds]": st.integers(-10, 10**10).map(str) | odd_text,
+           "expires_after": st.sampled_from(['{"anchor": "created_at", "seconds": 3600}', "[]", "null"]) | odd_text}))
+def test_fuzz_file_uploads(site, name, data, purpose, expiry):
     user, api, _ = site
     before, files = rows(), BatchFile.objects.count()
-    response = upload(api, "/v1/files", name, data, purpose=purpose)
+    response = upload(api, "/v1/files", name, data, purpose=purpose, **expiry)
     event(str(response.status_code))
     if response.status_code != 200:
         assert_api_error(response)
