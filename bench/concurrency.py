@@ -195,6 +195,7 @@ def stream_chat(llm, messages, max_tokens):
     return {"ttft": None if first is None else first - t0, "wall": end - t0,
             # One streamed chunk per token for this text (nothing held back for stop strings).
             "tokens": len(pieces), "finish_reason": finish,
+            "t_last": None if last is None else last - t0,  # the last text (bench/fairness.py's decode rate)
             # With max_tokens=1 the sampled token is never decoded: the cache holds exactly the prompt.
             "kv_tokens": llm.n_tokens, "text": "".join(pieces)}
 
