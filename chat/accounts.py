@@ -96,9 +96,11 @@ class LoginView(auth_views.LoginView):
         return with_retry_after(super().form_invalid(form), form)
 
 
-def admin_login(request):
-    """Django admin's own login view, with the same throttle (admin.site.login_form, set in
-    smolsite.urls) and the same 429 when it refuses."""
-    response = admin.site.login(request)
-    form = (getattr(response, "context_data", None) or {}).get("form")
-    return with_retry_after(response, form)
+class ThrottledAdminSite(admin.AdminSite):
+    """The admin site (settings: smolsite.admin_app), its sign-in throttled like the site's, with
+    the same 429 when the throttle refuses."""
+    login_form = AdminLoginForm
+
+    def login(self, request, extra_context=None):
+        response = super().login(request, extra_context)
+        return with_retry_after(response, (getattr(response, "context_data", None) or {}).get("form"))

@@ -1,16 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from chat import accounts
 from inference import health
 from inference.plugins import get_plugin_manager
 from smolsite.plugin_routes import mount as mount_plugin_routes
 
-# Failed admin sign-ins are throttled like the site's (chat.login_throttle).
-admin.site.login_form = accounts.AdminLoginForm
-
 urlpatterns = [
-    path("admin/login/", accounts.admin_login),  # admin.site.login with a 429 when throttled
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
