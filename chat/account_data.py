@@ -16,6 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from inference import dispatch
 
 from .export import iter_zip, safe_name, user_conversations
+from .login_throttle import LoginAttempt, Throttled, with_retry_after
 from .models import Conversation, Message
 from .socket_auth import recheck_sockets
 
@@ -67,14 +68,25 @@ class DeleteAccountForm(forms.Form):
     confirm = forms.BooleanField(label="I understand that my chats, API keys, batches and usage records are "
                                        "deleted for good.")
 
-    def __init__(self, user, *args, **kwargs):
-        self.user = user
+    throttled = None
+
+    def __init__(self, user, request, *args, **kwargs):
+        self.user, self.request = user, request
         super().__init__(*args, **kwargs)
 
     def clean_password(self):
+        # A password check like a sign-in's, so throttled like one: a borrowed session must not
+        # become a way to guess the password without limit.
         password = self.cleaned_data["password"]
+        attempt = LoginAttempt(self.request, self.user.get_username(), "delete_account")
+        try:
+            attempt.begin()
+        except Throttled as exc:
+            self.throttled = exc
+            raise forms.ValidationError(str(exc)) from None
         if not self.user.check_password(password):
             raise forms.ValidationError("That is not your password.")
+        attempt.clear()
         return password
 
     def clean(self):
@@ -155,7 +167,7 @@ def delete_user_data(user):
 @login_required
 @require_http_methods(["GET", "POST"])
 def delete_account(request):
-    form = DeleteAccountForm(request.user, request.POST or None)
+    form = DeleteAccountForm(request.user, request, request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = request.user
         username = user.get_username()
@@ -164,4 +176,5 @@ def delete_account(request):
         response = render(request, "account/deleted.html", {"username": username})
         response["Cache-Control"] = "no-store"
         return response
-    return render(request, "account/delete.html", {"form": form}, status=400 if form.errors else 200)
+    response = render(request, "account/delete.html", {"form": form}, status=400 if form.errors else 200)
+    return with_retry_after(response, form)

@@ -63,8 +63,9 @@ def generation_finished(request, result):
 
 @hookspec
 def request_throttled(action, scope):
-    """Observe a request a limit refused: ``action`` is "login", "admin_login" or "signup", ``scope``
-    "account" or "address" (which limit). Called in the web process, once per refused request."""
+    """Observe a request a limit refused: ``action`` is "login", "admin_login", "signup" or
+    "delete_account" (its password check), ``scope`` "account" or "address" (which limit). Called
+    in the web process, once per refused request."""
 
 
 @hookspec

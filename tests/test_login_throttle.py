@@ -151,6 +151,22 @@ def test_a_right_password_without_staff_on_the_admin_is_not_a_failure(clock):
     assert sign_in("10.3.0.1", "bob")[0].status_code == 302
 
 
+def test_the_password_check_of_account_deletion_is_throttled_like_a_sign_in(clock):
+    alice = user("alice")
+    client = Client(REMOTE_ADDR="10.5.0.1")
+    client.force_login(alice)
+    for _ in range(2):
+        response = client.post("/account/delete/", {"password": "wrong-guess", "confirm": "on"})
+        assert response.status_code == 400 and "That is not your password." in text(response)
+    response = client.post("/account/delete/", {"password": PASSWORD, "confirm": "on"})
+    assert response.status_code == 429
+    assert re.search(r"Too many failed sign-ins for this account\. Try again in \d+ minutes?\.", text(response))
+    assert get_user_model().objects.filter(username="alice").exists()
+    clock.advance(int(response["Retry-After"]) + 1)
+    response = client.post("/account/delete/", {"password": PASSWORD, "confirm": "on"})
+    assert response.status_code == 200 and not get_user_model().objects.filter(username="alice").exists()
+
+
 def test_sign_up_is_limited_per_address(clock):
     def sign_up(address, name):
         client = Client(REMOTE_ADDR=address)
