@@ -211,3 +211,19 @@ def test_behind_a_trusted_proxy_the_address_it_saw_counts_not_what_the_client_wr
     assert response.status_code == 429 and "network address" in text(response)
     # Another client behind the same proxy (same REMOTE_ADDR) is someone else.
     assert sign_in("10.9.9.9", "alice", HTTP_X_FORWARDED_FOR="198.51.100.51")[0].status_code == 302
+
+
+@pytest.mark.redis
+def test_scaled_out_the_counters_are_shared_through_redis(clock, settings):
+    """Every web process reads the same counters: with REDIS_URL the cache (and so the throttle)
+    is Redis; a failure counted by one process locks the account for all."""
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL (run `make test-redis`)")
+    import redis
+
+    user("alice")
+    for _ in range(2):
+        assert sign_in("10.6.0.1", "alice", "wrong-guess")[0].status_code == 200
+    assert redis.Redis.from_url(settings.REDIS_URL).keys("*rl:*")  # django-ratelimit's counters, in Redis
+    assert sign_in("10.6.0.1", "alice")[0].status_code == 429
+    assert sign_in("10.6.0.2", "alice")[0].status_code == 302
