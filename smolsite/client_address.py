@@ -18,9 +18,12 @@ def _parse(value):
     elif value.count(":") == 1:  # IPv4 with a port
         value = value.split(":", 1)[0]
     try:
-        return str(ipaddress.ip_address(value))
+        ip = ipaddress.ip_address(value)
     except ValueError:
         return None
+    # An IPv4 client of a dual-stack socket ("::ffff:1.2.3.4") is that IPv4 address, not one more
+    # member of the /64 every IPv4 client would then share.
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
 
 
 def client_ip(request):

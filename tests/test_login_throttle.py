@@ -213,6 +213,18 @@ def test_behind_a_trusted_proxy_the_address_it_saw_counts_not_what_the_client_wr
     assert sign_in("10.9.9.9", "alice", HTTP_X_FORWARDED_FOR="198.51.100.51")[0].status_code == 302
 
 
+def test_ipv4_clients_of_a_dual_stack_socket_are_told_apart_and_an_ipv6_64_is_one_client(clock):
+    user("alice")
+    for n in range(6):
+        assert sign_in("::ffff:192.0.2.1", f"x{n}", "wrong-guess")[0].status_code == 200
+    assert sign_in("::ffff:192.0.2.1", "alice")[0].status_code == 429
+    assert sign_in("::ffff:192.0.2.2", "alice")[0].status_code == 302  # someone else, not the same /64
+    for n in range(6):  # one host holds a whole /64: its addresses are one client
+        assert sign_in(f"2001:db8:0:1::{n + 1:x}", f"x{n}", "wrong-guess")[0].status_code == 200
+    assert sign_in("2001:db8:0:1::ffff", "alice")[0].status_code == 429
+    assert sign_in("2001:db8:0:2::1", "alice")[0].status_code == 302
+
+
 @pytest.mark.redis
 def test_scaled_out_the_counters_are_shared_through_redis(clock, settings):
     """Every web process reads the same counters: with REDIS_URL the cache (and so the throttle)
