@@ -33,13 +33,14 @@ from api.models import ApiKey
 from usage.models import UserQuota
 
 out = {}
-for name, limits in (("alice", {}), ("bob", {}), ("tight", {"tokens_per_day": 60})):
+for name, limits in (("alice", {}), ("bob", {}), ("tight", {"tokens_per_day": 60}), ("dora", {})):
     user = get_user_model().objects.create_user(name, password="pw-123456789")
     if limits:
         UserQuota.objects.create(user=user, **limits)
     client = Client()
     client.force_login(user)
     out[name] = {"key": ApiKey.create_for(user, f"{name}'s key")[1],
+                 "second_key": ApiKey.create_for(user, f"{name}'s second key")[1],
                  "session": client.cookies[settings.SESSION_COOKIE_NAME].value}
 print(json.dumps(out))
 """
@@ -149,7 +150,9 @@ def test_openai_client_files_and_batches_end_to_end(server):
     marks = ",".join("?" * len(ids))
     rows = query(server, f"SELECT m.options, c.source FROM chat_message m JOIN chat_conversation c "
                          f"ON c.id = m.conversation_id WHERE m.id IN ({marks})", *ids)
-    assert all(json.loads(r["options"])["priority"] == "background" and r["source"] == "batch" for r in rows)
+    # A JSON column: text from SQLite, already decoded from PostgreSQL.
+    options = [json.loads(r["options"]) if isinstance(r["options"], str) else r["options"] for r in rows]
+    assert all(o["priority"] == "background" for o in options) and all(r["source"] == "batch" for r in rows)
     ledger = query(server, f"SELECT source FROM usage_usagerecord WHERE message_id IN ({marks})", *ids)
     assert [r["source"] for r in ledger] == ["batch"] * 3
     # Listing, with the client's own paging.
@@ -227,6 +230,26 @@ def test_token_quota_fails_the_line_with_its_message(server):
     failed = records(client, batch.error_file_id)
     assert failed[0]["custom_id"] == "second" and failed[0]["error"]["code"] == "insufficient_quota"
     assert "Token quota reached" in failed[0]["error"]["message"]
+
+
+def test_a_key_revoked_mid_batch_stops_the_batch_at_the_next_line(server):
+    client = client_for(server, "dora")
+    lines = [request_line(f"v{i}", model=SLOW, text=words(30, f"v{i}-"), max_tokens=100) for i in range(12)]
+    batch = submit(client, lines)
+    wait_for(client, batch.id, lambda b: b.request_counts.completed >= 1)
+    server.execute("UPDATE api_apikey SET revoked_at = CURRENT_TIMESTAMP WHERE name = ?", "dora's key")
+    other = openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys["dora"]["second_key"], max_retries=0,
+                          timeout=60)
+    batch = wait_for(other, batch.id)
+    assert batch.status == "cancelled", batch
+    assert batch.errors.data[0].code == "api_key_revoked" and "revoked" in batch.errors.data[0].message
+    assert 1 <= batch.request_counts.completed < 12
+    cut = records(other, batch.error_file_id)
+    assert cut and all(r["error"]["code"] in ("api_key_revoked", "batch_cancelled") for r in cut)
+    # Nothing of it runs on, and what was stopped kept its text.
+    assert not query(server, "SELECT id FROM chat_message WHERE status IN ('pending', 'streaming')")
+    stopped = query(server, "SELECT content FROM chat_message WHERE status = 'stopped' AND content LIKE ?", "v%")
+    assert all(row["content"] for row in stopped)
 
 
 def test_worker_killed_mid_batch_answers_each_line_once(server):

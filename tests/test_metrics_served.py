@@ -1,7 +1,8 @@
 """Metrics of a served site in the default embedded mode: its device worker is a child process
 (inference.worker_process) that counts into the host's multiprocess directory. Counts survive the
 child being killed and replaced, a killed child's in-progress gauge goes away, and the staff
-dashboard draws its charts in a real browser (screenshot in test-artifacts/)."""
+dashboard draws its charts in a real browser (screenshot in test-artifacts/). On SQLite, and in the
+PostgreSQL run on a PostgreSQL database of its own."""
 import asyncio
 import json
 import os
@@ -13,15 +14,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from browser_support import ARTIFACTS, REPO, LiveServer, launch
+from browser_support import ARTIFACTS, REPO, launch
+from live_stack import LiveServer, live_database
 from test_metrics import counts, delta, expected_from_rows, parse
 from test_worker_process import (DEADLINE, STORY, open_socket, saved_partial_text, send, set_max_tokens,
                                  until_final)
 
-pytestmark = [
-    pytest.mark.model,
-    pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="the live server always uses SQLite"),
-]
+pytestmark = pytest.mark.model
 
 TOKEN = "served-metrics-token"
 LABELS = {"model": "smollm2-135m", "device": "cpu", "source": "chat"}
@@ -46,11 +45,14 @@ def server(tmp_path_factory, default_model_path):
     ARTIFACTS.mkdir(exist_ok=True)
     workdir = tmp_path_factory.mktemp("metrics-served")
     models = {"smollm2-135m": {"path": default_model_path, "n_ctx": 4096, "threads": 2, "device": "cpu"}}
-    live = LiveServer(workdir, models, ARTIFACTS / "metrics-server.log",
-                      env={"SMOLSITE_WORKER_MODE": "process", "SMOLSITE_METRICS_TOKEN": TOKEN,
-                           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "prometheus")}).start()
-    yield live
-    live.stop()
+    with live_database("metrics") as database_url:
+        live = LiveServer(workdir, models, ARTIFACTS / "metrics-server.log", database_url=database_url,
+                          env={"SMOLSITE_WORKER_MODE": "process", "SMOLSITE_METRICS_TOKEN": TOKEN,
+                               "PROMETHEUS_MULTIPROC_DIR": str(workdir / "prometheus")}).start()
+        try:
+            yield live
+        finally:
+            live.stop()
 
 
 def make_person(server, name, staff=False):

@@ -7,19 +7,20 @@ import asyncio
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import urllib.request
 
 import pytest
-from browser_support import ARTIFACTS, REPO, LiveServer
-from live_stack import open_socket, saved_partial_text, send, until_final
+from browser_support import ARTIFACTS, REPO
+from live_stack import LiveServer, open_socket, saved_partial_text, send, until_final
 
 pytestmark = [
     pytest.mark.model,
-    # The live server runs on its own SQLite file whatever DATABASE_URL says: the SQLite run covers it.
-    pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="the live server always uses SQLite"),
+    # What a dying worker process does is the same on either database (the API, batch and metrics
+    # modules run on PostgreSQL too): the SQLite run covers it and the PostgreSQL run saves the minutes.
+    pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="process faults, database-independent: "
+                                                                     "the SQLite run covers them"),
 ]
 
 DEADLINE = 150  # generous: model loads and answers on two possibly busy cores
@@ -63,8 +64,7 @@ def make_person(server, name):
 
 
 def set_max_tokens(server, conversation, max_tokens):
-    with sqlite3.connect(server.db_path, timeout=20) as db:
-        db.execute("UPDATE chat_conversation SET max_tokens = ? WHERE id = ?", (max_tokens, conversation))
+    server.execute("UPDATE chat_conversation SET max_tokens = ? WHERE id = ?", max_tokens, conversation)
 
 
 def http_status(url):
