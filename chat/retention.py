@@ -10,7 +10,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -104,7 +103,7 @@ def purge_expired_files(now=None):
     from batches.models import Batch, BatchFile
 
     running_inputs = Batch.objects.filter(status__in=Batch.ACTIVE).exclude(input_file=None).values("input_file_id")
-    expired = BatchFile.objects.filter(Q(expires_at__lt=now or timezone.now())).exclude(pk__in=running_inputs)
+    expired = BatchFile.objects.filter(expires_at__lt=now or timezone.now()).exclude(pk__in=running_inputs)
     deleted = 0
     while True:
         ids = list(expired.values_list("pk", flat=True)[:CHUNK])
