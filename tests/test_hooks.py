@@ -165,6 +165,26 @@ def test_hook_generation_finished(echo_engine, pm):
 
 
 @pytest.mark.django_db
+def test_hook_request_throttled(pm, settings):
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    throttled = []
+
+    class Plugin:
+        @hookimpl
+        def request_throttled(self, action, scope):
+            throttled.append((action, scope))
+
+    pm.register(Plugin())
+    settings.SMOLSITE_LOGIN_FAILURES_PER_ACCOUNT = 2  # from one address: one failure
+    get_user_model().objects.create_user("ann", password="right-horse-battery-7")
+    for password in ("wrong", "right-horse-battery-7"):
+        Client().post("/accounts/login/", {"username": "ann", "password": password})
+    assert throttled == [("login", "account")]
+
+
+@pytest.mark.django_db
 def test_hook_register_routes(echo_engine, admin_client):
     # The metrics plugin mounts /metrics through this hook and counts through the observers.
     from test_metrics import parse, total

@@ -10,7 +10,8 @@ from inference import hookspecs
 from inference.plugins import build_plugin_manager, get_plugins
 
 ROOT = Path(__file__).resolve().parent.parent
-HOOKS = sorted(name for name in dir(hookspecs) if name.startswith(("register_", "choose_", "model_", "prepare_", "generation_")))
+HOOKS = sorted(name for name in dir(hookspecs) if name.startswith(("register_", "choose_", "model_", "prepare_",
+                                                                      "generation_", "request_")))
 BUILT_INS = {"llama_cpp", "echo", "thinking", "metrics"}
 
 
