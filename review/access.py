@@ -116,3 +116,42 @@ def audit(request, action, conversation=None, reason="", with_text=False, detail
         conversation_id=conversation.pk if conversation else None,
         owner_username=owner.get_username() if owner else "",
         action=action, reason=reason, with_text=with_text, detail=detail[:300])
+
+
+def deleted_objects(objs, request, admin_site):
+    """Django's get_deleted_objects (the delete confirmation's list of everything that goes too),
+    naming conversations without their titles unless this session gave a reason for them: deleting
+    a user lists all their conversations."""
+    from django.contrib.admin.utils import NestedObjects, quote
+    from django.db import router
+    from django.urls import NoReverseMatch, reverse
+    from django.utils.html import format_html
+    from django.utils.text import capfirst
+
+    if not objs:
+        return [], {}, set(), []
+    collector = NestedObjects(using=router.db_for_write(objs[0]._meta.model), origin=objs)
+    collector.collect(objs)
+    perms_needed = set()
+
+    def label(obj):
+        if obj._meta.label_lower == "chat.conversation" and not may_read_conversation(request, obj.pk):
+            return conversation_label(obj)
+        return str(obj)
+
+    def format_callback(obj):
+        opts = obj._meta
+        if not admin_site.is_registered(obj.__class__):
+            return f"{capfirst(opts.verbose_name)}: {label(obj)}"
+        if not admin_site.get_model_admin(obj.__class__).has_delete_permission(request, obj):
+            perms_needed.add(opts.verbose_name)
+        try:
+            url = reverse(f"{admin_site.name}:{opts.app_label}_{opts.model_name}_change", args=[quote(obj.pk)])
+        except NoReverseMatch:
+            return f"{capfirst(opts.verbose_name)}: {label(obj)}"
+        return format_html('{}: <a href="{}">{}</a>', capfirst(opts.verbose_name), url, label(obj))
+
+    to_delete = collector.nested(format_callback)
+    protected = [format_callback(obj) for obj in collector.protected]
+    counts = {model._meta.verbose_name_plural: len(found) for model, found in collector.model_objs.items()}
+    return to_delete, counts, perms_needed, protected

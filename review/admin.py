@@ -10,7 +10,7 @@ from django.utils.html import format_html, format_html_join
 
 from usage.models import UsageRecord, UserQuota
 
-from .access import TextLookupGuard
+from .access import TextLookupGuard, deleted_objects
 from .models import AuditRecord
 
 
@@ -78,6 +78,10 @@ class ReviewUserAdmin(TextLookupGuard, UserAdmin):
         return super().get_queryset(request).annotate(
             _tokens=Coalesce(Subquery(tokens, output_field=IntegerField()), 0),
             _conversations=Coalesce(Subquery(conversations, output_field=IntegerField()), 0))
+
+    def get_deleted_objects(self, objs, request):
+        # The confirmation lists every conversation of the user: without their titles.
+        return deleted_objects(list(objs), request, self.admin_site)
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)

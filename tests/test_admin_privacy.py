@@ -160,3 +160,24 @@ def test_titles_with_the_switch_on_need_a_reason(client, world, settings):
     assert "ZEBRA-TITLE" in get(client, reverse("admin:chat_conversation_changelist"))
     assert "ZEBRA-TITLE" in get(client, change)
     assert "ZEBRA-MESSAGE-ERROR" in get(client, reverse("admin:chat_message_changelist"))
+
+
+def test_deleting_a_user_in_the_admin_lists_their_conversations_without_titles(client, world, settings):
+    """The delete confirmation lists everything that goes with the user, conversations by name.
+    (A user with messages cannot be deleted here at all: messages are not deletable one by one.)"""
+    client.force_login(world["root"])
+    eve = get_user_model().objects.create_user("eve", password=PASSWORD)
+    conv = Conversation.objects.create(owner=eve, title="ZEBRA-EVE", model="smollm2-135m")
+    for readable in (False, True):
+        settings.SMOLSITE_ADMIN_READ_MESSAGES = readable
+        page = get(client, reverse("admin:auth_user_delete", args=[eve.pk]))
+        assert_no_text(page, "the user delete page")
+        assert f"Conversation #{conv.pk}" in page
+        action = client.post(reverse("admin:auth_user_changelist"),
+                             {"action": "delete_selected", "index": "0", "_selected_action": [eve.pk]})
+        assert action.status_code == 200 and f"Conversation #{conv.pk}" in action.content.decode()
+        assert_no_text(action.content.decode(), "the delete_selected confirmation")
+    client.post(reverse("admin:chat_conversation_reason", args=[conv.pk]), {"reason": "Ticket 15"})
+    assert "ZEBRA-EVE" in get(client, reverse("admin:auth_user_delete", args=[eve.pk]))
+    response = client.post(reverse("admin:auth_user_delete", args=[eve.pk]), {"post": "yes"})
+    assert response.status_code == 302 and not Conversation.objects.filter(pk=conv.pk).exists()
