@@ -7,7 +7,6 @@ from datetime import timedelta
 from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.http import HttpResponse, JsonResponse
-from django.utils import timezone
 from django.utils.http import content_disposition_header
 
 from api.errors import ApiError, invalid
@@ -78,23 +77,22 @@ def _upload(request, key):
         raise invalid("'purpose' must be 'batch' (the only purpose this server stores files for).", "purpose")
     if upload.size > uploads.max_file_bytes():
         raise uploads.too_large(upload.size)
-    expires_at = _expires_after(request.POST)
+    lifetime = _expires_after(request.POST)
     with transaction.atomic():
         uploads.check_user_cap(key.user, upload.size)
         stored = service.store_file(key.user, upload.name or "input.jsonl", upload.read())
-        if expires_at is not _DEFAULT:
-            BatchFile.objects.filter(pk=stored.pk).update(expires_at=expires_at)
-            stored.expires_at = expires_at
+        if lifetime is not None:
+            stored.expires_at = stored.created_at + lifetime
+            BatchFile.objects.filter(pk=stored.pk).update(expires_at=stored.expires_at)
     return stored.as_api()
 
 
-_DEFAULT = object()
 MIN_EXPIRY, MAX_EXPIRY = 3600, 30 * 86400  # OpenAI's bounds for expires_after.seconds
 
 
 def _expires_after(form):
     """OpenAI's ``expires_after[anchor]=created_at`` and ``expires_after[seconds]=N`` form fields
-    (or one JSON ``expires_after`` field); absent: the default expiry."""
+    (or one JSON ``expires_after`` field): the file's lifetime; None (absent): the default expiry."""
     anchor, seconds = form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
     if "expires_after" in form:
         try:
@@ -104,7 +102,7 @@ def _expires_after(form):
             raise invalid("'expires_after' must be {\"anchor\": \"created_at\", \"seconds\": N}.",
                           "expires_after") from None
     if anchor is None and seconds is None:
-        return _DEFAULT
+        return None
     if anchor != "created_at":
         raise invalid("'expires_after[anchor]' must be 'created_at'.", "expires_after.anchor")
     try:
@@ -114,7 +112,7 @@ def _expires_after(form):
     if seconds is None or not MIN_EXPIRY <= seconds <= MAX_EXPIRY:
         raise invalid(f"'expires_after[seconds]' must be an integer from {MIN_EXPIRY} to {MAX_EXPIRY}.",
                       "expires_after.seconds")
-    return timezone.now() + timedelta(seconds=seconds)
+    return timedelta(seconds=seconds)
 
 
 @api_view("GET", "POST")
