@@ -14,6 +14,7 @@ import llama_cpp
 
 from inference.backends import Delta, Finish, Queued
 
+from .fairness import StepCosts, decode_jobs
 from .kv import SlotTable
 from .sampling import Detokenizer, Sampler, StopStrings
 from .scheduler import Scheduler
@@ -54,6 +55,7 @@ class Job:
         # first token: how long it waited in engine units, which a busy machine cannot blur.
         self.marks = {}
         self.pauses = 0  # times a person's request took its slot (background jobs)
+        self.last_decoded = -1  # the engine step that last decoded its token (fair turns)
 
     def cancel(self):
         self.cancelled = True
@@ -83,6 +85,7 @@ class BatchEngine:
         self.decoded = 0  # tokens through llama_decode, all sequences
         self.preemptions = 0
         self.last_fill = 0.0
+        self.costs = StepCosts()
         self.thread = threading.Thread(target=self._run, name=f"smolsite-{name}", daemon=True)
         self.thread.start()
 
@@ -232,10 +235,8 @@ class BatchEngine:
         if not jobs:
             return
         self.table.trim_idle()  # only while something decodes: an idle engine keeps its history
-        rows = []  # (job, token, pos, wants_logits)
-        for job in jobs:
-            if job.pending is not None:
-                rows.append((job, job.pending, len(job.kv), True))
+        decoding = decode_jobs(jobs, self.steps)
+        rows = [(job, job.pending, len(job.kv), True) for job in decoding]  # (job, token, pos, wants_logits)
         prefilling = [j for j in jobs if j.n_past < len(j.tokens)]
         budget = self.batch_tokens - len(rows)
         contended = bool(rows) or len(prefilling) > 1
@@ -243,6 +244,8 @@ class BatchEngine:
             # Others are streaming, or several prompts wait: small steps, so streams keep flowing
             # and the prompts that are nearly done get their first token soon, not all at the end.
             budget = min(budget, self.chunk_tokens)
+        if rows and prefilling:
+            budget = min(budget, self.costs.prefill_budget(decoding, prefilling, budget))
         if prefilling:
             # Shortest remaining prompt first: it minimises the mean wait for a first token. While
             # others wait or stream, a step completes at most one prompt, so eight short prompts
@@ -270,6 +273,7 @@ class BatchEngine:
             self._fail(newest, "the server's context memory is full: try again in a moment")
             return
         self._fill_batch(rows)
+        self.costs.start()
         rc = llama_cpp.llama_decode(self.ctx, self.batch)
         self.steps += 1
         self.decoded += len(rows)
@@ -289,6 +293,7 @@ class BatchEngine:
                     self._fail(job, GRAMMAR_TOO_COSTLY)
                     continue
                 self._accept(job, token)
+        self.costs.done(len(decoding), len(rows) - len(decoding))
 
     def _fill_batch(self, rows):
         b = self.batch
@@ -328,6 +333,7 @@ class BatchEngine:
             job.sampler = None
 
     def _finish(self, job, reason):
+        self._mark(job, "finished")
         self._retire(job)
         self.table.release(job.slot, job.kv, spill=job.priority != "background")
         tail = job.stops.finish(job.detok.finish())
