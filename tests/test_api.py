@@ -29,7 +29,7 @@ from usage.models import UserQuota
 
 out = {}
 for name, limits in (("alice", {}), ("bob", {}), ("tight", {"tokens_per_day": 60}), ("revoked", {}),
-                     ("doomed", {})):
+                     ("doomed", {}), ("deactivated", {})):
     user = get_user_model().objects.create_user(name, password="pw-123456789")
     if limits:
         UserQuota.objects.create(user=user, **limits)
@@ -528,6 +528,39 @@ def test_a_key_revoked_mid_stream_ends_the_stream_with_an_error_and_stops_the_an
     row = server.message(reply)
     assert row["status"] == "stopped" and row["content"].startswith(streamed)
     assert 0 < len(row["content"].split()) < 400  # stopped partway, its text kept
+
+
+def test_an_account_deactivated_while_a_whole_answer_generates_gets_401_and_the_answer_stops(server):
+    import threading
+
+    words = " ".join(f"x{i}" for i in range(400))
+    outcome = {}
+
+    def request():
+        try:
+            client_for(server, "deactivated").chat.completions.create(model="echo-slow", messages=ask(words))
+        except openai.APIStatusError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until the answer has some text
+        rows = query(server, "SELECT id, content FROM chat_message WHERE role = 'assistant' AND status = 'streaming' "
+                             "AND conversation_id IN (SELECT c.id FROM chat_conversation c JOIN auth_user u "
+                             "ON u.id = c.owner_id WHERE u.username = ?)", "deactivated")
+        if rows and rows[0]["content"]:
+            break
+        time.sleep(0.1)
+    server.execute("UPDATE auth_user SET is_active = ? WHERE username = ?", False, "deactivated")
+    thread.join(60)
+    error = outcome["error"]
+    assert error.status_code == 401 and error.code == "invalid_api_key"
+    deadline = time.monotonic() + 30
+    while server.message(rows[0]["id"])["status"] in ("pending", "streaming") and time.monotonic() < deadline:
+        time.sleep(0.2)  # the worker ends it at its next step
+    row = server.message(rows[0]["id"])
+    assert row["status"] == "stopped" and 0 < len(row["content"].split()) < 400
 
 
 def test_the_server_log_has_no_traceback(server):
