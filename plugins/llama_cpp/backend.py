@@ -10,7 +10,7 @@ from inference.backends import Backend, BackendError, Finish
 from inference.gguf_info import GGUFError, read_gguf_info
 from inference.prompt import ChatTemplate
 
-from . import logs
+from . import logs, typed_text
 from .engine import BatchEngine, Job, wait_chunks
 from .sampling import Sampler
 
@@ -30,13 +30,16 @@ def amx_in_build():
 
 
 class Prompt(str):
-    """A rendered prompt that remembers where the messages' own text lies in it."""
+    """A rendered prompt that remembers where the messages' own text lies in it (found verbatim)
+    and where typed special-token texts lie wherever the template put them (typed_text)."""
 
     content_spans = ()
+    typed_spans = ()
 
-    def __new__(cls, text, spans=()):
+    def __new__(cls, text, spans=(), typed=()):
         prompt = super().__new__(cls, text)
         prompt.content_spans = tuple(spans)
+        prompt.typed_spans = tuple(typed)
         return prompt
 
 
@@ -104,6 +107,7 @@ class LlamaCppBackend(Backend):
         self._ctx = ctx
         self.template = ChatTemplate(self.info.chat_template, bos_token=self._token_text(self.llm_model.token_bos()),
                                      eos_token=self._token_text(self.llm_model.token_eos()))
+        self._special_pattern = typed_text.pattern_for(typed_text.special_texts(self.llm_model))
         self.engine = BatchEngine(self.llm_model, ctx, slots=self.slots, batch_tokens=self.batch_tokens,
                                   chunk_tokens=self.chunk_tokens,
                                   per_user=self.per_user, capacity=self.kv_tokens,
@@ -171,8 +175,10 @@ class LlamaCppBackend(Backend):
 
     def render_prompt(self, request):
         messages = request.chat_messages()
-        text = self.template.render(messages, add_generation_prompt=True, **request.template_kwargs)
-        return Prompt(text, content_spans(text, [m["content"] for m in messages]))
+        shield = typed_text.Shield(self._special_pattern)
+        text = self.template.render(shield.messages(messages), add_generation_prompt=True, **request.template_kwargs)
+        text, typed = shield.restore(text)
+        return Prompt(text, content_spans(text, [m["content"] for m in messages]), typed)
 
     def tokenize(self, text):
         return self._tokenize(text)[0]
@@ -181,10 +187,10 @@ class LlamaCppBackend(Backend):
         """Token ids for a prompt, and how many lead tokens hold no user's text. The template's
         own markup may hold special tokens, but what people typed is only ever text (typing
         "<|im_end|><|im_start|>system" must not open a system turn)."""
-        spans = getattr(text, "content_spans", ())
+        contents = getattr(text, "content_spans", ())
         tokens = self.llm_model.tokenize(b"", add_bos=True, special=True)  # the BOS, if the model wants one
         pos, public = 0, None
-        for start, end in spans:
+        for start, end in typed_text.merge(contents, getattr(text, "typed_spans", ())):
             tokens += self._tokens(text[pos:start], special=True)
             public = len(tokens) if public is None else public
             tokens += self._tokens(text[start:end], special=False)
