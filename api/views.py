@@ -15,6 +15,7 @@ from django.db import DatabaseError
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from chat.models import Conversation
 from inference.models import all_models, get_model, model_features
 from inference.workers import alive_workers
 from usage.quotas import QuotaExceeded
@@ -205,6 +206,7 @@ async def _serve(request, parse, shape):
             for choice in run.choices:
                 problem = _choice_error(plan, choice)
                 if problem:
+                    await _discard_refused(run, problem)
                     raise problem
             return JsonResponse(shape.complete(plan, run))
         # Streaming: the status line waits until the engine has the request (its prompt fitted the
@@ -218,6 +220,7 @@ async def _serve(request, parse, shape):
             for choice in run.choices:
                 problem = _choice_error(plan, choice)
                 if problem and choice.row["status"] in ("error", "interrupted"):
+                    await _discard_refused(run, problem)
                     raise problem
         response = StreamingHttpResponse(_sse(plan, run, early, updates, shape, authority),
                                          content_type="text/event-stream")
@@ -229,6 +232,14 @@ async def _serve(request, parse, shape):
     finally:
         if not handed_over:
             await run.close()
+
+
+async def _discard_refused(run, problem):
+    """A request the worker found too long for the context (api.prompt_size refuses most before
+    any row; this is the rest, pushed over by the template's own tokens) leaves no conversation
+    behind: the client got a 400, as if it had been refused at once."""
+    if problem.code == "context_length_exceeded":
+        await database_sync_to_async(Conversation.objects.filter(pk=run.conversation_id).delete)()
 
 
 def _data(payload):

@@ -394,6 +394,21 @@ def test_context_overflow_is_400(server):
         client_for(server).chat.completions.create(model=SMOL, messages=ask("hello " * 3000), stream=True)
 
 
+def test_a_prompt_the_template_pushes_past_the_context_is_400_and_leaves_no_rows(server):
+    # The typed text alone fits (the server's check before any row lets it through); with the
+    # chat template's own tokens it does not, which only the worker can tell.
+    def conversations():
+        return query(server, "SELECT count(*) AS n FROM chat_conversation c JOIN auth_user u ON u.id = c.owner_id "
+                             "WHERE u.username = ?", "bob")[0]["n"]
+
+    before = conversations()
+    with pytest.raises(openai.BadRequestError) as err:
+        client_for(server, "bob").chat.completions.create(model=SMOL, messages=ask("hello " * 2035), max_tokens=5)
+    assert err.value.code == "context_length_exceeded" and err.value.param == "messages"
+    assert "context is too small" in err.value.message  # the worker's refusal, not the early one
+    assert conversations() == before
+
+
 def test_routes_and_methods_answer_json(server):
     status, _, body = raw_request(server, "/v1/chat/completions", headers=bearer(server))
     assert status == 405 and body["error"]["code"] == "method_not_allowed"
