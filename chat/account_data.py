@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_http_methods
 
-from inference import dispatch
+from inference import dispatch, erasure
 
 from .export import iter_zip, safe_name, user_conversations
 from .login_throttle import LoginAttempt, Throttled, with_retry_after
@@ -159,6 +159,7 @@ def delete_user_data(user):
     if sessions:
         counts["sessions.Session"] = sessions
     _forget_cached(user_id)
+    erasure.forget_user(user_id)  # their cached conversation state on the device workers
     recheck_sockets(conversation_ids)
     logger.info("account deleted: %s", ", ".join(f"{n} {label}" for label, n in sorted(counts.items()) if n))
     return counts

@@ -128,5 +128,9 @@ class Backend(ABC):
         asked for several requests at once, from several threads.
         """
 
+    def forget_users(self, user_keys) -> None:
+        """Drop whatever this backend keeps for these users between requests (their cached
+        conversation state): their account is deleted. Running requests end on their own."""
+
     def close(self) -> None:
         pass

@@ -37,7 +37,7 @@ def start_worker_process():
     set_process_worker_id(worker_id)
     _heartbeat = Heartbeat(worker_id, dev, get_registry().loaded_models,
                            lambda: {"queue": direct_queue(worker_id), **get_registry().occupancy()}).start()
-    EngineReporter(worker_id, get_registry().stats).start()
+    EngineReporter(worker_id, get_registry().stats, get_registry().forget_users).start()
     logger.info("device worker %s ready with %s", worker_id, get_registry().loaded_models())
 
 

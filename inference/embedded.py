@@ -107,7 +107,7 @@ class EmbeddedWorker:
             self.error = exc
             logger.critical("embedded worker %s cannot load its models: %s", self.device, exc)
         self.heartbeat = Heartbeat(self.worker_id, self.device, get_registry().loaded_models).start()
-        EngineReporter(self.worker_id, get_registry().stats).start()
+        EngineReporter(self.worker_id, get_registry().stats, get_registry().forget_users).start()
         self.ready.set()
         pool = job_pool(self.device)
         while True:

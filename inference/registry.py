@@ -100,6 +100,12 @@ class ModelRegistry:
             backends = dict(self._backends)
         return {name: b.stats() for name, b in backends.items() if hasattr(b, "stats")}
 
+    def forget_users(self, user_keys):
+        with self._lock:
+            backends = list(self._backends.values())
+        for backend in backends:
+            backend.forget_users(user_keys)
+
     def loaded_models(self):
         with self._lock:
             return sorted(self._backends)

@@ -96,7 +96,7 @@ def main(argv=None):
         # Keep serving the queue: each job then ends as an error that says why (the web process logs it).
         error = str(exc)
     models = get_registry().loaded_models()
-    EngineReporter(worker_id, get_registry().stats).start()
+    EngineReporter(worker_id, get_registry().stats, get_registry().forget_users).start()
     parent_link.send(("ready", {"worker_id": worker_id, "pid": os.getpid(), "models": models, "error": error}))
     threading.Event().wait()  # the reader ends this process
 

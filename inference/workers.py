@@ -6,6 +6,8 @@ import time
 
 from django.core.cache import cache
 
+from . import erasure
+
 HEARTBEAT_SECONDS = 5
 TTL = 20
 INDEX_KEY = "smolsite:workers"
@@ -90,8 +92,10 @@ class EngineReporter:
     """Where a device's models run (a Celery worker, the embedded child), their engines' running and
     waiting sequences, batch fill and cache hits reach the shared cache every few seconds."""
 
-    def __init__(self, worker_id, stats_fn):
+    def __init__(self, worker_id, stats_fn, forget_fn=None):
         self.worker_id, self.stats_fn = worker_id, stats_fn
+        self.forget_fn = forget_fn  # drops deleted users' cached state (inference.erasure)
+        self.forgotten = set()
         self._stop = threading.Event()
 
     def start(self):
@@ -102,6 +106,8 @@ class EngineReporter:
         while True:
             try:
                 cache.set(_engine_key(self.worker_id), self.stats_fn(), TTL)
+                if self.forget_fn is not None:
+                    erasure.apply_pending(self.forget_fn, self.forgotten)
             except Exception:  # the cache may be briefly unreachable; try again next time
                 pass
             if self._stop.wait(HEARTBEAT_SECONDS):

@@ -265,6 +265,10 @@ def test_deleting_the_account_leaves_no_session_or_cache_entry_behind(client):
     assert cache.get(limits.socket_cache_keys(bob.pk)[0])
     assert laptop.get(reverse("account")).status_code == 302
     assert set(counts_for(alice.pk).values()) == {0}
+    # The device workers are told to drop alice's cached conversation state (tests/test_engine_erasure.py)
+    from inference import erasure
+    noted = {key for key, _ in cache.get(erasure.KEY)}
+    assert set(erasure.user_keys(alice.pk)) <= noted and not set(erasure.user_keys(bob.pk)) & noted
 
 
 def test_the_only_administrator_cannot_delete_their_account(client):

@@ -224,3 +224,7 @@ class LlamaCppBackend(Backend):
 
     def stats(self):
         return self.engine.stats() if self.engine else {}
+
+    def forget_users(self, user_keys):
+        if self.engine is not None:
+            self.engine.forget_users(user_keys)

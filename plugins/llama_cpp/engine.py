@@ -81,6 +81,7 @@ class BatchEngine:
         self.cv = threading.Condition()
         self.closing = False
         self.forget_requests = []
+        self.forget_owners = set()  # deleted users, for the engine thread to drop
         self.steps = 0
         self.decoded = 0  # tokens through llama_decode, all sequences
         self.preemptions = 0
@@ -114,6 +115,12 @@ class BatchEngine:
             self.cv.notify()
         return done.wait(timeout)
 
+    def forget_users(self, owners):
+        """Drop these users' cached sequences and host-RAM state at the engine's next look."""
+        with self.cv:
+            self.forget_owners.update(owners)
+            self.cv.notify()
+
     def close(self):
         with self.cv:
             self.closing = True
@@ -135,10 +142,13 @@ class BatchEngine:
         while True:
             with self.cv:
                 while not self.closing and not self.active and not len(self.scheduler) \
-                        and not self.forget_requests:
+                        and not self.forget_requests and not self.forget_owners:
                     self.cv.wait()
                 if self.closing:
                     break
+                if self.forget_owners:
+                    self.table.forget_owners(self.forget_owners)
+                    self.forget_owners = set()
                 if self.forget_requests and not self.active:
                     self.table.forget_idle()
                     for done in self.forget_requests:

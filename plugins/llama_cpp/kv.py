@@ -81,6 +81,7 @@ class SlotTable:
         # Idle sequences' cells kept in the KV cache while others decode (None: no limit).
         self.resident_budget = resident_budget
         self.hits = self.misses = self.host_hits = self.shared_hits = 0
+        self.forgotten = set()  # owners whose accounts are deleted
 
     def cells_used(self):
         return sum(len(s.tokens) for s in self.slots)
@@ -133,10 +134,24 @@ class SlotTable:
         """A finished sequence stays resident for its owner's next request. ``spill``: whether it
         is worth host RAM once evicted (a batch line's conversation gets no follow-up, and its
         state, about 1.6 MB per 70 tokens, would push people's histories out of the budget)."""
+        if slot.owner in self.forgotten:
+            slot.tokens = tokens
+            return self.discard(slot)
         slot.tokens = tokens
         slot.busy = False
         slot.used_at = time.monotonic()
         slot.spill = spill
+
+    def forget_owners(self, owners):
+        """Drop every idle sequence and host-RAM entry of these owners (deleted accounts); their
+        running ones are dropped, not kept, when they finish."""
+        self.forgotten.update(owners)
+        for slot in self.slots:
+            if not slot.busy and slot.owner in owners:
+                self._truncate(slot, 0)
+                slot.owner = None
+        for key in [k for k, (owner, _, _) in self.host.entries.items() if owner in owners]:
+            self.host.size -= len(self.host.entries.pop(key)[2])
 
     def discard(self, slot):
         """Forget a sequence whose KV content is not trustworthy (a failed decode)."""
