@@ -82,6 +82,54 @@ def _check_pattern(path, pattern):
         for number in match.groups():
             if number:
                 _bound(path, f"the pattern's quantifier {match.group(0)}", int(number))
+    if _nested_repetition(pattern) > LIMITS["repetition"]:
+        raise SchemaTooLarge(f"{_where(path)}: the pattern repeats a group that itself repeats (like (a+)* or "
+                             f"(x{{0,50}}){{0,50}}) more than {LIMITS['repetition']:,} times in all; the grammar "
+                             "would follow every way of splitting the text", "repetition")
+
+
+def _nested_repetition(pattern):
+    """The largest product of nested repetition bounds in ``pattern`` (``*``, ``+`` and ``{m,}``
+    count as the repetition limit, ``?`` as 1). A quantified group holding a quantifier makes
+    the grammar keep one path per way of splitting the text: (a+)* has exponentially many."""
+    unbounded = LIMITS["repetition"]
+    stack = [0]  # per open group: the largest repetition inside it so far
+    last = 1  # what a quantifier right here would repeat: 1 for an atom, a closed group's inside
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        bound = None
+        if c == "\\":
+            i += 2
+            last = 1
+            continue
+        if c == "[":
+            i += 1
+            while i < len(pattern) and pattern[i] != "]":
+                i += 2 if pattern[i] == "\\" else 1
+            last = 1
+        elif c == "(":
+            stack.append(0)
+            last = 1
+        elif c == ")" and len(stack) > 1:
+            inner = stack.pop()
+            last = max(inner, 1)
+            stack[-1] = max(stack[-1], inner)
+        elif c in "*+":
+            bound = unbounded
+        elif c == "?":
+            bound = 1
+        elif c == "{" and (match := QUANTIFIER.match(pattern, i)):
+            low, high = match.groups()
+            bound = int(high) if high else (unbounded if "," in match.group(0) else int(low or 1))
+            i = match.end() - 1
+        else:
+            last = 1
+        if bound is not None:
+            stack[-1] = max(stack[-1], bound * last)
+            last = 1
+        i += 1
+    return stack[0]
 
 
 def _where(path):
