@@ -175,3 +175,19 @@ def test_csv_becomes_batch_lines():
     assert [cid for cid, _, _ in lines] == ["first", "row-2"]
     assert lines[0][1]["messages"][0] == {"role": "system", "content": "Be brief"}
     assert lines[1][1]["messages"] == [{"role": "user", "content": "Two, words"}] and lines[1][2].max_tokens == 8
+
+
+def test_checked_lines_keep_no_grammar_until_they_run():
+    """A file of lines with different schemas: validation converts each (refusing any that cannot
+    be enforced) but keeps none of the grammars; each is made again when its line runs."""
+    from batches.validation import validate_jsonl
+
+    def line(i):
+        schema = {"type": "object", "properties": {f"field{i}": {"type": "integer"}}, "required": [f"field{i}"]}
+        return json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": {
+            "model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}}})
+
+    lines = validate_jsonl("\n".join(line(i) for i in range(50)).encode())
+    assert len(lines) == 50
+    assert all(plan.grammar == "" and plan.schema is None for _, _, plan in lines)
