@@ -12,16 +12,10 @@ from api.models import ApiKey
 from batches import service
 from batches.models import BatchLine
 from chat.models import Message
+from test_batches_driver import enqueued  # noqa: F401 (the driver's enqueueing, recorded instead of sent)
 
 pytestmark = pytest.mark.django_db
 MODEL = "smollm2-135m"
-
-
-@pytest.fixture
-def enqueued(monkeypatch):
-    calls = []
-    monkeypatch.setattr(service, "_enqueue", lambda message_id, model: calls.append(message_id) or "")
-    return calls
 
 
 def started_batch(settings, enqueued):
