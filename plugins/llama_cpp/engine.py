@@ -254,7 +254,9 @@ class BatchEngine:
             # Others are streaming, or several prompts wait: small steps, so streams keep flowing
             # and the prompts that are nearly done get their first token soon, not all at the end.
             budget = min(budget, self.chunk_tokens)
-        if rows and prefilling:
+        if rows and prefilling and all(len(j.tokens) - j.cached > self.chunk_tokens for j in prefilling):
+            # Only long prompts wait (a prompt that fits one chunk, a chat message's, goes first
+            # and whole, as its first token is what a person waits for): they share the streams' time.
             budget = min(budget, self.costs.prefill_budget(decoding, prefilling, budget))
         if prefilling:
             # Shortest remaining prompt first: it minimises the mean wait for a first token. While

@@ -6,10 +6,10 @@ costs a few milliseconds plus a few more per token in it).
   the smallest number any person (interactive) user has running. One user's ``n=4`` or a batch
   of lines then takes turns among its own sequences instead of making the step five times as
   long for someone with one answer.
-- **Prefill:** while others stream, waiting prompts get a share of the engine's time, not a fixed
-  number of tokens a step: over time, about PREFILL_SHARE of the streams' own time, times the
-  number of users waiting over the number streaming. A short burst (a chat message's prompt) still
-  goes in one step. The costs are measured as the engine runs (a GPU's step is another shape
+- **Prefill:** a prompt that fits one chunk (a chat message's) goes first and whole, as before. While
+  others stream, longer prompts get a share of the engine's time, not a fixed number of tokens a
+  step: over time, about PREFILL_SHARE of the streams' own time, times the number of users waiting
+  over the number streaming, after a short burst. The costs are measured as the engine runs (a GPU's step is another shape
   than a CPU's). Before, a 7,000-token prompt took 128 tokens a step for its whole prefill, and a
   stream beside it got a token every ~0.4 s instead of every ~8 ms.
 """
