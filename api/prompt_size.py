@@ -56,14 +56,7 @@ class _Vocab:
         params = llama_cpp.llama_model_default_params()
         params.vocab_only, params.n_gpu_layers = True, 0
         self.model = LlamaModel(path_model=path, params=params, verbose=False)
-
-        def token_text(token):
-            if token is None or token < 0:
-                return ""
-            return self.model.detokenize([token], special=True).decode("utf-8", errors="ignore")
-
-        self.template = ChatTemplate(read_gguf_info(path).chat_template, bos_token=token_text(self.model.token_bos()),
-                                     eos_token=token_text(self.model.token_eos()))
+        self.template = ChatTemplate.of_model(read_gguf_info(path).chat_template, self.model)
 
     def count(self, text, special=False):
         return len(self.model.tokenize(text.encode("utf-8"), add_bos=False, special=special)) if text else 0

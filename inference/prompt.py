@@ -38,6 +38,16 @@ class ChatTemplate:
         self.template = env.from_string(self.source)
         self.bos_token, self.eos_token = bos_token, eos_token
 
+    @classmethod
+    def of_model(cls, source, model):
+        """``source`` with the BOS and EOS texts of a llama.cpp model (llama_cpp._internals.LlamaModel)."""
+        def text(token):
+            if token is None or token < 0:
+                return ""
+            return model.detokenize([token], special=True).decode("utf-8", errors="ignore")
+
+        return cls(source, bos_token=text(model.token_bos()), eos_token=text(model.token_eos()))
+
     def render(self, messages, add_generation_prompt=True, **kwargs):
         return self.template.render(
             messages=messages,

@@ -105,8 +105,7 @@ class LlamaCppBackend(Backend):
             raise BackendError(f"model {self.model.name!r}: llama.cpp could not create a context of "
                                f"{self.kv_tokens} tokens ({logs.since(before).strip()[-300:]})")
         self._ctx = ctx
-        self.template = ChatTemplate(self.info.chat_template, bos_token=self._token_text(self.llm_model.token_bos()),
-                                     eos_token=self._token_text(self.llm_model.token_eos()))
+        self.template = ChatTemplate.of_model(self.info.chat_template, self.llm_model)
         self._special_pattern = typed_text.pattern_for(typed_text.special_texts(self.llm_model))
         self.engine = BatchEngine(self.llm_model, ctx, slots=self.slots, batch_tokens=self.batch_tokens,
                                   chunk_tokens=self.chunk_tokens,
@@ -162,11 +161,6 @@ class LlamaCppBackend(Backend):
         detail = errors[-1] if errors else str(exc)
         return (f"model {self.model.name!r}: llama.cpp could not load {self.model.path} "
                 f"(architecture {arch!r}): {detail}")
-
-    def _token_text(self, token):
-        if token is None or token < 0:
-            return ""
-        return self.llm_model.detokenize([token], special=True).decode("utf-8", errors="ignore")
 
     @property
     def context_size(self):
