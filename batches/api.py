@@ -162,20 +162,9 @@ def _create_batch(data, key, input_file, checked):
 
 def _check_room(user_id):
     try:
-        room_for_batch(user_id)
+        service.room_for_batch(user_id)
     except service.BatchRefused as exc:
         raise ApiError(exc.status, exc.message, "rate_limit_exceeded", exc.param, exc.code) from None
-
-
-def room_for_batch(user_id):
-    """The active-batch limit, checked before a file is validated (create_batch checks it again)."""
-    from django.conf import settings
-
-    most = settings.SMOLSITE_BATCH_MAX_ACTIVE
-    active = Batch.objects.filter(owner_id=user_id, status__in=Batch.ACTIVE).count()
-    if active >= most:
-        raise service.BatchRefused(429, f"You have {active} batches in progress; at most {most} may run at once. "
-                                        "Wait for one to finish or cancel one.", None, "too_many_batches")
 
 
 def _input_file(data, key):

@@ -57,6 +57,16 @@ def store_file(user, filename, data, purpose="batch"):
                                     bytes=len(data), purpose=purpose)
 
 
+def room_for_batch(user_id):
+    """The active-batch limit: BatchRefused when ``user_id`` has as many batches running as allowed.
+    Callers check it before validating a file too (that takes seconds for a big one)."""
+    most = settings.SMOLSITE_BATCH_MAX_ACTIVE
+    active = Batch.objects.filter(owner_id=user_id, status__in=Batch.ACTIVE).count()
+    if active >= most:
+        raise BatchRefused(429, f"You have {active} batches in progress; at most {most} may run at once. "
+                                "Wait for one to finish or cancel one.", None, "too_many_batches")
+
+
 def create_batch(user, input_file, endpoint="/v1/chat/completions", completion_window="24h", metadata=None,
                  api_key=None, driver="", checked=None):
     """Validate every line, then (all good) make the batch and its lines in progress; with any
@@ -72,10 +82,7 @@ def create_batch(user, input_file, endpoint="/v1/chat/completions", completion_w
     if input_file.purpose != "batch":
         raise BatchRefused(400, f"The file {input_file.id} has purpose '{input_file.purpose}', not 'batch'.",
                            "input_file_id", "invalid_file")
-    active = Batch.objects.filter(owner=user, status__in=Batch.ACTIVE).count()
-    if active >= settings.SMOLSITE_BATCH_MAX_ACTIVE:
-        raise BatchRefused(429, f"You have {active} batches in progress; at most {settings.SMOLSITE_BATCH_MAX_ACTIVE} "
-                                "may run at once. Wait for one to finish or cancel one.", None, "too_many_batches")
+    room_for_batch(user.pk)
     now = timezone.now()
     batch = Batch.objects.create(owner=user, api_key=api_key, endpoint=endpoint, completion_window=completion_window,
                                  input_file=input_file, metadata=metadata, created_at=now,

@@ -17,7 +17,6 @@ from api.errors import ApiError
 from inference.models import all_models
 
 from . import service, uploads
-from .api import room_for_batch
 from .models import Batch, BatchLine
 from .validation import BatchInvalid, csv_to_jsonl
 
@@ -92,7 +91,7 @@ def page(request):
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         try:
-            room_for_batch(request.user.pk)  # before reading and checking the file
+            service.room_for_batch(request.user.pk)  # before reading and checking the file
             if upload.size > settings.SMOLSITE_BATCH_MAX_BYTES:
                 raise BatchInvalid([{"code": "file_too_large", "message": f"The file is {upload.size:,} bytes; at most "
                                      f"{settings.SMOLSITE_BATCH_MAX_BYTES:,} are accepted.", "line": None}])
