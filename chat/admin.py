@@ -39,8 +39,6 @@ def masked(conv):
     return conv
 
 
-
-
 def _seconds(value, places=2):
     return "–" if value is None else f"{value:.{places}f} s"
 

@@ -46,7 +46,6 @@ class Sampler:
         self.grammar = None
         self.greedy = params.temperature <= 0
         self.grammar_seconds = 0.0  # time spent filtering candidates (the engine's budget reads it)
-        self.full_checks = 0  # tokens for which the grammar had to see the whole vocabulary
         if grammar:
             self.grammar = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
             if not self.grammar:
@@ -76,15 +75,14 @@ class Sampler:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index), shape=(self.n_vocab,))
         top = np.argpartition(logits, -WINDOW)[-WINDOW:]
         self.window["id"], self.window["logit"] = top, logits[top]
-        self._filter(self.window)
+        self._apply(self.grammar, self.window)
         candidates = self.window[self.window["logit"] != -np.inf]
         if not self._window_is_enough(candidates, logits[top].min()):
             if self.everything is None:
                 self.everything = np.zeros(self.n_vocab, TOKEN_DATA)
             self.everything["id"], self.everything["logit"] = np.arange(self.n_vocab), logits
-            self._filter(self.everything)
+            self._apply(self.grammar, self.everything)
             candidates = self.everything
-            self.full_checks += 1
         token = self._pick(candidates)
         llama_cpp.llama_sampler_accept(self.grammar, token)
         self.grammar_seconds += time.thread_time() - began
@@ -103,9 +101,6 @@ class Sampler:
         # Fewer than top_k allowed here: tokens outside could join, unless min_p (relative to
         # the best allowed logit, which is inside) would drop every one of them anyway.
         return window_floor < survivors["logit"].max() + MIN_P_LOG
-
-    def _filter(self, candidates):
-        self._apply(self.grammar, candidates)
 
     def _pick(self, candidates):
         candidates = np.ascontiguousarray(candidates)  # held: the array below points into it
