@@ -9,9 +9,10 @@ from django.conf import settings
 from inference.models import UnknownModel, get_model
 
 from . import schema as schemas
+from . import tools
 from .errors import ApiError, invalid
 
-ROLES = {"system", "developer", "user", "assistant"}
+ROLES = {"system", "developer", "user", "assistant", "tool"}
 EFFORTS = {"none", "minimal", "low", "medium", "high"}
 MAX_STOP = 4
 # The engine looks for every stop string at every token, in the step all answers share: a
@@ -44,6 +45,11 @@ class Plan:
     schema: Optional[dict] = None  # to validate answers against (json_schema)
     json_mode: bool = False  # json_object
     echo: bool = False
+    tools: list = field(default_factory=list)  # [{"name", "description", "parameters"}] (api.tools)
+    tool_choice: str = "none"  # "none", "auto", "required" or a tool's name
+    parallel_tool_calls: bool = True
+    # tool_choice "auto": the calls' grammar, which applies once the model opens a call.
+    tool_grammar: str = ""
 
     @property
     def choices(self):
@@ -138,9 +144,8 @@ def _content(value, index):
 
 def _unsupported(data):
     checks = [
-        ("tools", lambda v: v not in (None, [])),
         ("functions", lambda v: v not in (None, [])),
-        ("tool_choice", lambda v: v not in (None, "none", "auto")),
+        ("function_call", lambda v: v not in (None, "none", "auto")),
         ("logprobs", lambda v: v not in (None, False, 0)),
         ("top_logprobs", lambda v: v not in (None, 0)),
         ("logit_bias", lambda v: v not in (None, {})),
@@ -247,15 +252,17 @@ def parse_chat(data):
     if len(messages) > MAX_MESSAGES:
         raise invalid(f"'messages' has {len(messages):,} messages; at most {MAX_MESSAGES:,} are accepted.", "messages")
     turns, exact = [], False
+    open_calls = {}  # call id -> name, for calls no tool message has answered yet
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise invalid(f"'messages[{i}]' must be an object.", f"messages[{i}]")
         role = m.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise invalid(f"'messages[{i}].role' must be one of system, developer, user or assistant, not "
+            raise invalid(f"'messages[{i}].role' must be one of system, developer, user, assistant or tool, not "
                           f"{json.dumps(role)[:40]}.", f"messages[{i}].role")
-        if m.get("tool_calls") or m.get("function_call"):
-            raise invalid(f"'messages[{i}]' has tool calls, which this server does not support.",
+        calls = tools.assistant_calls(m, i) if role == "assistant" else []
+        if role != "assistant" and (m.get("tool_calls") or m.get("function_call")):
+            raise invalid(f"'messages[{i}]' is a {role} message: only assistant messages have tool calls.",
                           f"messages[{i}].tool_calls")
         content = _content(m.get("content"), i)
         reasoning = m.get("reasoning_content")
@@ -265,15 +272,27 @@ def parse_chat(data):
         if role == "system" and not turns:  # the leading system message(s): the system prompt
             plan.system_prompt = f"{plan.system_prompt}\n\n{content}" if plan.system_prompt else content
             continue
-        if role == "system" or (role == "assistant" and not content):
+        turn = {"role": role, "content": content, "reasoning": reasoning or ""}
+        if calls:
+            turn["tool_calls"] = calls
+            open_calls.update((c["id"], c["name"]) for c in calls)
+        if role == "tool":
+            call_id = m.get("tool_call_id")
+            if not isinstance(call_id, str) or call_id not in open_calls:
+                raise invalid(f"'messages[{i}].tool_call_id' must be the id of a call an earlier assistant message "
+                              f"made and no tool message answered yet, not {json.dumps(call_id)[:80]}.",
+                              f"messages[{i}].tool_call_id")
+            turn["tool_call_id"], turn["name"] = call_id, open_calls.pop(call_id)
+        if role in ("system", "tool") or calls or (role == "assistant" and not content):
             exact = True  # rows cannot carry these (see chat.store.history_for)
-        turns.append({"role": role, "content": content, "reasoning": reasoning or ""})
+        turns.append(turn)
     if not turns:
         raise invalid("'messages' has only system messages: add a user message.", "messages")
     plan.turns = turns
     plan.exact_messages = turns if exact else None
     _common(data, plan)
     _response_format(data, plan)
+    _tools(data, plan)
     effort = data.get("reasoning_effort")
     if effort is not None and (not isinstance(effort, str) or effort not in EFFORTS):
         raise invalid(f"'reasoning_effort' must be one of {', '.join(sorted(EFFORTS))}.", "reasoning_effort")
@@ -289,11 +308,31 @@ def parse_chat(data):
     return plan
 
 
+def _tools(data, plan):
+    plan.tools = tools.parse_tools(data)
+    plan.tool_choice = tools.parse_tool_choice(data, plan.tools)
+    plan.parallel_tool_calls = tools.parse_parallel(data)
+    if plan.tool_choice == "none":
+        plan.tools = []  # not offered: the model answers in text (earlier calls still render)
+        return
+    if plan.grammar:
+        raise invalid("'response_format' cannot be combined with 'tools' unless 'tool_choice' is 'none': the answer "
+                      "is either a tool call or text in that format.", "response_format")
+    # A named function is called once (as OpenAI does); "required" and "auto" may call several
+    # unless parallel_tool_calls is false.
+    parallel = plan.parallel_tool_calls and plan.tool_choice in ("auto", "required")
+    calls = tools.grammar(plan.tools, plan.tool_choice, parallel)
+    if plan.tool_choice == "auto":
+        plan.tool_grammar = calls
+    else:
+        plan.grammar = calls
+
+
 def check_plan(plan):
     """Checks across parameters, after parsing (the endpoints and batch lines alike)."""
     if plan.stop and plan.grammar:
-        raise invalid("'stop' cannot be combined with a JSON response_format: a stop string could cut the "
-                      "JSON short.", "stop")
+        what = "a JSON response_format" if not plan.tools else "a forced tool call"
+        raise invalid(f"'stop' cannot be combined with {what}: a stop string could cut the JSON short.", "stop")
     return plan
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from inference import toolcalls
+from inference.backends import GenerationRequest
 from inference.models import get_model
 
 from .errors import ApiError
@@ -82,7 +84,7 @@ def vocab_for(model_name):
         return _vocab(model.path)
 
 
-def measure(vocab, messages, raw=False):
+def measure(vocab, messages, raw=False, template_kwargs=None):
     """The Size of one prompt: ``messages`` in chat-template shape, or one raw prompt (``raw``)."""
     if vocab is None:
         # No tokenizer: at most one token per byte of the turns and their roles, plus a few for
@@ -94,7 +96,8 @@ def measure(vocab, messages, raw=False):
     if raw:
         return Size(least, contents + 1)  # plus a BOS
     try:
-        rendered = vocab.count(vocab.template.render(messages, add_generation_prompt=True), special=True)
+        rendered = vocab.count(vocab.template.render(messages, add_generation_prompt=True, **(template_kwargs or {})),
+                               special=True)
         most = max(rendered, contents) + TURN_TOKENS * 2
     except Exception:  # a template that refuses these turns here; the worker will say so
         most = contents + TURN_TOKENS * len(messages) + TEMPLATE_TOKENS
@@ -115,9 +118,15 @@ def check(plan):
     n_ctx = get_model(plan.model).n_ctx
     answer = max(1, min(plan.max_tokens, n_ctx // 4))
     if plan.kind == "chat":
-        system = [{"role": "system", "content": plan.system_prompt}] if plan.system_prompt else []
-        messages = system + [{"role": t["role"], "content": t["content"]} for t in plan.turns]
-        sizes = [measure(vocab, messages)]
+        # The turns as the worker renders them (inference.backends.GenerationRequest.chat_messages).
+        native = vocab is not None and toolcalls.template_knows_tools(vocab.template.source)
+        request = GenerationRequest(id="", model=plan.model, messages=plan.turns, system_prompt=plan.system_prompt,
+                                    tools=plan.tools)
+        messages = request.chat_messages(native_tools=native)
+        kwargs = {"xml_tools": [toolcalls.tool_json(t) for t in plan.tools]} if native and plan.tools else None
+        if kwargs:  # the tools are text the model reads, surely: count them in the least too
+            messages = messages + [{"role": "system", "content": "\n".join(kwargs["xml_tools"])}]
+        sizes = [measure(vocab, messages, template_kwargs=kwargs)]
         param = "messages"
     else:
         sizes = [measure(vocab, [{"role": "user", "content": p}], raw=True) for p in plan.prompts]

@@ -18,7 +18,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from chat import actions
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, ToolCall
 from inference import dispatch
 from inference.publish import remember_server_loop
 from usage.quotas import reserve
@@ -61,9 +61,16 @@ def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tok
         for turns in groups:
             parent = None
             for turn in turns:
+                if turn["role"] == "tool":
+                    _answer_call(parent, turn)  # a result is kept with the call it answers
+                    continue
                 parent = Message.objects.create(conversation=conv, parent=parent, role=turn["role"],
                                                 content=turn["content"], reasoning=turn.get("reasoning", ""),
                                                 status=Message.Status.DONE)
+                if turn.get("tool_calls"):
+                    ToolCall.objects.bulk_create([
+                        ToolCall(message=parent, index=j, call_id=c["id"][:64], name=c["name"][:64],
+                                 arguments=c["arguments"]) for j, c in enumerate(turn["tool_calls"])])
             for i in range(plan.n):
                 options = {"source": source, "max_tokens": plan.max_tokens, "truncate": False}
                 if priority:
@@ -74,6 +81,10 @@ def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tok
                     options["stop"] = plan.stop
                 if plan.grammar:
                     options["grammar"] = plan.grammar
+                if plan.tools:
+                    options["tools"] = plan.tools
+                if plan.tool_grammar:
+                    options["grammar"], options["grammar_waits_for_call"] = plan.tool_grammar, True
                 if plan.kind == "completion":
                     options["raw"] = True
                 elif plan.exact_messages is not None:
@@ -88,6 +99,16 @@ def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tok
         return conv.pk, [r.pk for r in replies]
 
 
+def _answer_call(message, turn):
+    """Store a tool message's result on the call it answers (api.params checked that it answers
+    one), in whichever earlier assistant row of this branch made it."""
+    call = ToolCall.objects.filter(message__conversation_id=message.conversation_id,
+                                   call_id=turn["tool_call_id"][:64]).order_by("-id").first()
+    if call is not None:
+        call.output, call.status = turn["content"], ToolCall.Status.OK
+        call.save(update_fields=["output", "status"])
+
+
 @dataclass
 class Choice:
     """What one answer has streamed so far."""
@@ -97,8 +118,10 @@ class Choice:
     seq: int = 0
     text: str = ""
     reasoning: str = ""
+    tool_text: str = ""  # the calls as the model writes them (inference.toolcalls)
     done: bool = False
-    row: dict = field(default_factory=dict)  # the finished row
+    row: dict = field(default_factory=dict)  # the finished row, with its "tool_calls"
+    calls: object = None  # the streaming response's inference.toolcalls.CallStream
 
 
 ROW_FIELDS = ("status", "content", "reasoning", "error", "finish_reason", "prompt_tokens", "completion_tokens",
@@ -106,7 +129,11 @@ ROW_FIELDS = ("status", "content", "reasoning", "error", "finish_reason", "promp
 
 
 def _rows(ids):
-    return {r["id"]: r for r in Message.objects.filter(pk__in=ids).values("id", *ROW_FIELDS)}
+    rows = {r["id"]: {**r, "tool_calls": []} for r in Message.objects.filter(pk__in=ids).values("id", *ROW_FIELDS)}
+    for call in ToolCall.objects.filter(message_id__in=list(rows)).order_by("message_id", "index"):
+        rows[call.message_id]["tool_calls"].append({"id": call.call_id, "name": call.name,
+                                                    "arguments": call.arguments})
+    return rows
 
 
 class Run:
@@ -178,7 +205,7 @@ class Run:
                 return
         for event in fresh:
             choice.seq = event["seq"]
-            if event["kind"] in ("text", "reasoning") and event.get("text"):
+            if event["kind"] in ("text", "reasoning", "tool") and event.get("text"):
                 self._emit(choice, event["kind"], event["text"])
             elif event["kind"] == "queue":
                 self._queue.append(("queue", choice, event.get("ahead", 0)))
@@ -189,6 +216,8 @@ class Run:
     def _emit(self, choice, kind, piece):
         if kind == "text":
             choice.text += piece
+        elif kind == "tool":
+            choice.tool_text += piece
         else:
             choice.reasoning += piece
         self._queue.append((kind, choice, piece))
@@ -230,7 +259,7 @@ class Run:
         if row is None:
             row = {"status": Message.Status.ERROR, "error": "The answer was deleted.", "content": choice.text,
                    "reasoning": choice.reasoning, "finish_reason": "", "prompt_tokens": 0, "completion_tokens": 0,
-                   "cached_tokens": 0, "stream_seq": choice.seq}
+                   "cached_tokens": 0, "stream_seq": choice.seq, "tool_calls": []}
         self._catch_up(choice, row)
         choice.row, choice.done = row, True
         self._queue.append(("done", choice, None))

@@ -370,10 +370,22 @@ def _trie_rule(words, literal):
 
 
 def _grammar_for_schema(schema):
-    check(schema)
+    return _grammar({"": schema})
+
+
+def grammar_for_rules(named):
+    """GBNF with one rule per item of ``named`` ({rule name: schema}), each enforcing its schema,
+    and no root: the caller writes its own (api.tools joins calls to several functions)."""
+    return _grammar(named)
+
+
+def _grammar(named):
+    for schema in named.values():
+        check(schema)
     try:
         converter = _converter_class()(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-        converter.visit(converter.resolve_refs(_strip_annotations(copy.deepcopy(schema)), "stdin"), "")
+        for name, schema in named.items():
+            converter.visit(converter.resolve_refs(_strip_annotations(copy.deepcopy(schema)), "stdin"), name)
         grammar = converter.format_grammar()
     except RecursionError:
         raise SchemaError("the schema is too deeply nested or recursive to convert") from None

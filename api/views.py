@@ -16,6 +16,7 @@ from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from chat.models import Conversation
+from inference import toolcalls
 from inference.models import all_models, get_model, model_features
 from inference.workers import alive_workers
 from usage.quotas import QuotaExceeded
@@ -28,7 +29,7 @@ from .runner import Run, close_when_dropped, create_rows
 from .schema import validation_error
 
 logger = logging.getLogger(__name__)
-FINISH = {"stop": "stop", "length": "length", "stopped": "stop"}
+FINISH = {"stop": "stop", "length": "length", "stopped": "stop", "tool_calls": "tool_calls"}
 
 
 def api_view(*methods):
@@ -148,6 +149,12 @@ def _choice_error(plan, choice):
     row = choice.row
     if row["status"] in ("error", "interrupted"):
         return generation_error(row)
+    if plan.tools and row["status"] == "done":
+        problem = _bad_call(plan, row["tool_calls"])
+        if problem:
+            logger.error("tool call of message %s failed validation: %s", choice.message_id, problem)
+            return ApiError(503, f"The tool call could not be guaranteed to be well formed: {problem}",
+                            "server_error", "tools", "invalid_tool_call", retry_after=1)
     if (plan.schema is not None or plan.json_mode) and row["finish_reason"] == "length":
         return None  # cut by max_tokens: finish_reason "length" says so
     if (plan.schema is not None or plan.json_mode) and row["status"] == "done":
@@ -157,6 +164,25 @@ def _choice_error(plan, choice):
             return ApiError(503, f"The answer could not be guaranteed to follow the response format: {problem}",
                             "server_error", "response_format", "invalid_structured_output", retry_after=1)
     return None
+
+
+def _bad_call(plan, calls):
+    """Why one of ``calls`` is not a call to one of the request's tools with valid arguments
+    (the grammar makes this impossible; this is the second guard), or None."""
+    by_name = {t["name"]: t for t in plan.tools}
+    for call in calls:
+        tool = by_name.get(call["name"])
+        if tool is None:
+            return f"the model called '{call['name']}', which is not one of the tools"
+        problem = validation_error(call["arguments"], tool["parameters"])
+        if problem:
+            return f"the arguments of '{call['name']}': {problem.replace('the answer', 'they')}"
+    return None
+
+
+def _tool_calls(calls):
+    return [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in calls]
 
 
 def _usage(choices):
@@ -214,7 +240,7 @@ async def _serve(request, parse, shape):
         early = []
         async for item in updates:
             early.append(item)
-            if item[0] in ("text", "reasoning", "queue"):
+            if item[0] in ("text", "reasoning", "tool", "queue"):
                 break
         if run.finished:
             for choice in run.choices:
@@ -269,16 +295,16 @@ async def _sse(plan, run, early, updates, shape, authority):
                 # SSE comments (clients ignore them): where the request waits, and keep-alives.
                 yield (f": {piece} ahead in the queue\n\n" if kind == "queue" else ": waiting\n\n").encode()
                 continue
-            if kind in ("text", "reasoning"):
-                chunk = shape.delta(plan, run, choice, kind, piece)
-                if chunk is not None:
+            if kind in ("text", "reasoning", "tool"):
+                for chunk in shape.deltas(plan, run, choice, kind, piece):
                     yield _data(chunk)
                 continue
             problem = _choice_error(plan, choice)
             if problem is not None:
                 yield _data(problem.payload())
                 return
-            yield _data(shape.closing(plan, run, choice))
+            for chunk in shape.closing(plan, run, choice):
+                yield _data(chunk)
         if plan.include_usage:
             yield _data({**shape.base(plan, run), "choices": [], "usage": _usage(run.choices)})
         yield b"data: [DONE]\n\n"
@@ -299,6 +325,9 @@ class ChatShape:
             message = {"role": "assistant", "content": c.row.get("content", ""), "refusal": None}
             if c.row.get("reasoning"):
                 message["reasoning_content"] = c.row["reasoning"]
+            if c.row.get("tool_calls"):
+                message["tool_calls"] = _tool_calls(c.row["tool_calls"])
+                message["content"] = message["content"] or None
             choices.append({"index": c.index, "message": message, "logprobs": None,
                             "finish_reason": _finish_reason(c)})
         return {"id": f"chatcmpl-{run.choices[0].message_id}", "object": "chat.completion", "created": run.created,
@@ -312,15 +341,43 @@ class ChatShape:
                                                        "logprobs": None, "finish_reason": None}]}
 
     @classmethod
-    def delta(cls, plan, run, choice, kind, piece):
-        delta = {"content": piece} if kind == "text" else {"reasoning_content": piece}
+    def _chunk(cls, plan, run, choice, delta, finish=None):
         return {**cls.base(plan, run), "choices": [{"index": choice.index, "delta": delta, "logprobs": None,
-                                                     "finish_reason": None}]}
+                                                     "finish_reason": finish}]}
+
+    @classmethod
+    def deltas(cls, plan, run, choice, kind, piece):
+        if kind == "text":
+            yield cls._chunk(plan, run, choice, {"content": piece})
+        elif kind == "reasoning":
+            yield cls._chunk(plan, run, choice, {"reasoning_content": piece})
+        else:
+            if choice.calls is None:
+                choice.calls = toolcalls.CallStream()
+            for delta in choice.calls.feed(piece):
+                yield cls._chunk(plan, run, choice, {"tool_calls": [cls._call_delta(choice, *delta)]})
+
+    @staticmethod
+    def _call_delta(choice, index, name, fragment):
+        """OpenAI's shape: id, type and name once, in the call's first delta; then arguments."""
+        if name is not None:
+            return {"index": index, "id": toolcalls.call_id(choice.message_id, index), "type": "function",
+                    "function": {"name": name, "arguments": fragment}}
+        return {"index": index, "function": {"arguments": fragment}}
 
     @classmethod
     def closing(cls, plan, run, choice):
-        return {**cls.base(plan, run), "choices": [{"index": choice.index, "delta": {}, "logprobs": None,
-                                                     "finish_reason": _finish_reason(choice)}]}
+        # Whatever of the saved calls did not stream (a lost batch of events) goes out first.
+        stream = choice.calls or toolcalls.CallStream()
+        for index, call in enumerate(choice.row.get("tool_calls") or []):
+            sent = stream.sent_for(index)
+            if sent is None:
+                yield cls._chunk(plan, run, choice, {"tool_calls": [cls._call_delta(choice, index, call["name"], "")]})
+                sent = ""
+            if call["arguments"].startswith(sent) and len(call["arguments"]) > len(sent):
+                yield cls._chunk(plan, run, choice, {"tool_calls": [
+                    cls._call_delta(choice, index, None, call["arguments"][len(sent):])]})
+        yield cls._chunk(plan, run, choice, {}, _finish_reason(choice))
 
 
 class CompletionShape:
@@ -356,12 +413,12 @@ class CompletionShape:
                                                      "finish_reason": finish}]}
 
     @classmethod
-    def delta(cls, plan, run, choice, kind, piece):
-        return cls._chunk(plan, run, choice, piece, None)
+    def deltas(cls, plan, run, choice, kind, piece):
+        yield cls._chunk(plan, run, choice, piece, None)
 
     @classmethod
     def closing(cls, plan, run, choice):
-        return cls._chunk(plan, run, choice, "", _finish_reason(choice))
+        yield cls._chunk(plan, run, choice, "", _finish_reason(choice))
 
 
 @api_view("POST")

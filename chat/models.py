@@ -122,3 +122,41 @@ class Message(models.Model):
     def siblings(self):
         return Message.objects.filter(conversation_id=self.conversation_id, parent_id=self.parent_id,
                                       role=self.role).order_by("created_at", "id")
+
+
+class ToolCall(models.Model):
+    """A call an answer asked for, and what came of it. The answer's text never holds its calls:
+    they are rows, kept with the answer's branch, shown as cards, exported and reviewed under
+    the admin's privacy switch like message text."""
+
+    class Status(models.TextChoices):
+        REQUESTED = "requested"  # an API client's to run (its result arrives as a tool message)
+        PENDING = "pending"  # the server will run it
+        AWAITING = "awaiting", "awaiting approval"
+        RUNNING = "running"
+        OK = "ok"
+        ERROR = "error"
+        TIMEOUT = "timeout"
+        DENIED = "denied"
+        STOPPED = "stopped"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="tool_calls")
+    index = models.PositiveIntegerField(default=0)
+    call_id = models.CharField(max_length=64)
+    name = models.CharField(max_length=64)
+    arguments = models.TextField(default="{}")  # JSON text, as the model wrote it
+    output = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.REQUESTED)
+    duration = models.FloatField(null=True, blank=True, help_text="seconds the tool ran")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["message_id", "index"]
+        constraints = [models.UniqueConstraint(fields=["message", "index"], name="one_call_per_index")]
+
+    def __str__(self):
+        return f"{self.name} ({self.status}) #{self.pk}"
+
+    def as_template_call(self):
+        return {"id": self.call_id, "name": self.name, "arguments": self.arguments}

@@ -4,11 +4,12 @@ import threading
 from django.db import connection, transaction
 from django.utils import timezone
 
+from inference import toolcalls
 from inference.backends import GenerationRequest, SamplingParams
 from inference.service import JobStore
 from usage import ledger
 
-from .models import Conversation, Message
+from .models import Conversation, Message, ToolCall
 
 
 def history_for(message):
@@ -21,6 +22,13 @@ def history_for(message):
             continue
         turns.append({"role": m.role, "content": m.content, "reasoning": m.reasoning})
     return turns
+
+
+def save_tool_calls(message_id, calls, status=ToolCall.Status.REQUESTED):
+    """Rows for the calls a finished answer asked for (``calls``: inference.toolcalls.parse)."""
+    ToolCall.objects.bulk_create([
+        ToolCall(message_id=message_id, index=i, call_id=toolcalls.call_id(message_id, i), name=c["name"],
+                 arguments=c["arguments"], status=status) for i, c in enumerate(calls)])
 
 
 def _drop_broken_connection():
@@ -71,6 +79,8 @@ class MessageStore(JobStore):
             grammar=opts.get("grammar", ""),
             raw_prompt=messages[-1]["content"] if opts.get("raw") and messages else None,
             truncate_history=opts.get("truncate", True),
+            tools=list(opts.get("tools") or []),
+            grammar_waits_for_call=bool(opts.get("grammar_waits_for_call")),
         )
 
     def save_progress(self, job_id, text, reasoning, seq):
@@ -109,6 +119,7 @@ class MessageStore(JobStore):
                 ledger.record(job_id, result, now=now, fallback=payer)
                 return False
             Conversation.objects.filter(messages__pk=job_id).update(updated_at=now)
+            save_tool_calls(job_id, result.tool_calls)
             # The usage ledger: once per generation, in the transaction that ends it (so its
             # reserved tokens and its used tokens are never both, or neither, counted).
             ledger.record(job_id, result, now=now)

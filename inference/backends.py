@@ -8,6 +8,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Union
 
+from . import toolcalls
+
 
 @dataclass
 class SamplingParams:
@@ -45,13 +47,22 @@ class GenerationRequest:
     # False: a history longer than the context is an error (PromptTooLong) instead of losing its
     # oldest turns (API clients send the whole history and expect it all to be read).
     truncate_history: bool = True
+    # Tools the model may call: [{"name", "description", "parameters"}] (inference.toolcalls).
+    # Messages may then hold assistant turns with "tool_calls" and "tool" turns with results.
+    tools: list = field(default_factory=list)
+    # The grammar (a call's) applies from the model's first "<tool_call>" on, not from its first
+    # token: tool_choice "auto". A backend that cannot wait so must enforce it from the start.
+    grammar_waits_for_call: bool = False
 
-    def chat_messages(self):
-        """Messages in the shape chat templates expect, system prompt first."""
-        out = []
-        if self.system_prompt:
-            out.append({"role": "system", "content": self.system_prompt})
-        for m in self.messages:
+    def chat_messages(self, native_tools=False):
+        """Messages in the shape chat templates expect, system prompt first. Without
+        ``native_tools`` (a template with no place for tools) the tools are described in the
+        system turn and tool results become user turns (inference.toolcalls)."""
+        system = self.system_prompt
+        if self.tools and not native_tools:
+            system = f"{system}\n\n{toolcalls.tool_block(self.tools)}" if system else toolcalls.tool_block(self.tools)
+        out = [{"role": "system", "content": system}] if system else []
+        for m in toolcalls.template_messages(self.messages, native_tools):
             item = {"role": m["role"], "content": m["content"]}
             if m.get("reasoning"):
                 item["reasoning_content"] = m["reasoning"]

@@ -23,7 +23,7 @@ FLUSH_SECONDS = float(os.environ.get("SMOLSITE_FLUSH_MS", "50")) / 1000
 # waiting behind it: a lost middle batch is recovered from the saved text, a lost "done" never is.
 RESEND_SECONDS = (0.25, 0.5, 1, 2, 4, 8)
 EVENT_TYPE = "gen.events"  # handled by the consumer's gen_events method
-TEXT_KINDS = ("text", "reasoning")
+TEXT_KINDS = ("text", "reasoning", "tool")  # "tool": a call being written (inference.toolcalls)
 
 _local = threading.local()
 _loop_thread = None

@@ -11,6 +11,7 @@ from typing import Optional
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from . import toolcalls
 from .backends import BackendError, Finish, PromptTooLong, Queued
 from .registry import get_registry
 from .models import model_info
@@ -42,13 +43,15 @@ class GenerationResult:
     dropped_turns: int = 0
     text: str = field(default="", repr=False)
     reasoning: str = field(default="", repr=False)
+    # The calls the model wrote, complete ones only: [{"name", "arguments"}] (inference.toolcalls).
+    tool_calls: list = field(default_factory=list, repr=False)
     seq: int = 0
 
     def stats(self):
         """What browsers are told about a finished answer (not which tokens were cached: that
         would tell one user about another's earlier prompts)."""
         data = asdict(self)
-        for private in ("text", "reasoning", "cached_tokens"):
+        for private in ("text", "reasoning", "tool_calls", "cached_tokens"):
             data.pop(private)
         return data
 
@@ -155,7 +158,7 @@ class GenerationService:
         pub = self.publisher_factory(request.group, request.id)
         should_stop = StopChecker(request.id)
         result = GenerationResult(model=request.model)
-        text, reasoning = [], []
+        text, reasoning, tool_text = [], [], []
         started = time.monotonic()
         first_token_at = last_save = None
         reasoning_started = reasoning_ended = None
@@ -174,8 +177,11 @@ class GenerationService:
                 result.dropped_turns = request.dropped_turns
                 if request.dropped_turns:
                     pub.emit("notice", dropped_turns=request.dropped_turns)
-                chain = _FilterChain([f for f in pm.hook.register_stream_filters(
-                    request=request, model=backend.model, info=info) if f is not None])
+                filters = [f for f in pm.hook.register_stream_filters(
+                    request=request, model=backend.model, info=info) if f is not None]
+                if request.tools:  # after the reasoning filter: calls are read from the answer only
+                    filters.append(toolcalls.CallSplitter())
+                chain = _FilterChain(filters)
                 for chunk in backend.submit(request, prompt, should_stop):
                     if isinstance(chunk, Queued):
                         # Tabs show "N requests ahead of you" until the first token.
@@ -201,6 +207,8 @@ class GenerationService:
                         if kind == "reasoning":
                             reasoning.append(piece)
                             reasoning_started = reasoning_started or time.monotonic()
+                        elif kind == "tool":
+                            tool_text.append(piece)
                         else:
                             text.append(piece)
                             if reasoning_started and not reasoning_ended:
@@ -215,8 +223,11 @@ class GenerationService:
                             self._save_progress(request.id, "".join(text), "".join(reasoning), seq)
                 for kind, piece in chain.finish():
                     if piece:
-                        (reasoning if kind == "reasoning" else text).append(piece)
+                        {"reasoning": reasoning, "tool": tool_text}.get(kind, text).append(piece)
                         pub.emit(kind, piece)
+                result.tool_calls = toolcalls.parse("".join(tool_text))
+                if result.tool_calls and result.finish_reason == "stop":
+                    result.finish_reason = "tool_calls"
         except (PromptTooLong, BackendError) as exc:
             result.status, result.error = "error", str(exc)
         except Exception as exc:  # anything else still ends the message in a visible state

@@ -8,6 +8,7 @@ from llama_cpp._internals import LlamaModel
 
 from inference.backends import Backend, BackendError, Finish
 from inference.gguf_info import GGUFError, read_gguf_info
+from inference import toolcalls
 from inference.prompt import ChatTemplate
 
 from . import logs, typed_text
@@ -15,7 +16,7 @@ from .engine import BatchEngine, Job, wait_chunks
 from .sampling import Sampler
 
 GPU_DEVICES = {"cuda", "metal", "vulkan", "rocm", "gpu"}
-VISIBLE_SPECIAL = ("<think>", "</think>")
+VISIBLE_SPECIAL = ("<think>", "</think>", toolcalls.OPEN, toolcalls.CLOSE)
 
 
 def _setting(model, option, env, default):
@@ -131,8 +132,9 @@ class LlamaCppBackend(Backend):
         return p
 
     def _visible_special_tokens(self):
-        """Reasoning tags are text the thinking plugin must see even where the GGUF marks them
-        as control tokens; every other special token stays hidden."""
+        """Reasoning and tool-call tags are text the thinking plugin and the tool-call reader
+        must see even where the GGUF marks them as control tokens; every other special token
+        stays hidden."""
         ids = set()
         for tag in VISIBLE_SPECIAL:
             found = self.llm_model.tokenize(tag.encode(), add_bos=False, special=True)
@@ -168,9 +170,13 @@ class LlamaCppBackend(Backend):
         return min(self.model.n_ctx, self.kv_tokens)
 
     def render_prompt(self, request):
-        messages = request.chat_messages()
+        native = toolcalls.template_knows_tools(self.template.source)
+        messages = request.chat_messages(native_tools=native)
+        kwargs = dict(request.template_kwargs)
+        if request.tools and native:
+            kwargs["xml_tools"] = [toolcalls.tool_json(t) for t in request.tools]
         shield = typed_text.Shield(self._special_pattern)
-        text = self.template.render(shield.messages(messages), add_generation_prompt=True, **request.template_kwargs)
+        text = self.template.render(shield.messages(messages), add_generation_prompt=True, **kwargs)
         text, typed = shield.restore(text)
         return Prompt(text, content_spans(text, [m["content"] for m in messages]), typed)
 
@@ -208,7 +214,8 @@ class LlamaCppBackend(Backend):
             # Parsed here, in the caller's thread: a large grammar's parse never holds up the
             # engine's step, which every running answer waits for.
             try:
-                sampler = Sampler(self.engine.vocab, request.params, request.grammar)
+                trigger = toolcalls.Trigger() if request.grammar_waits_for_call else None
+                sampler = Sampler(self.engine.vocab, request.params, request.grammar, trigger)
             except ValueError as exc:
                 yield Finish("error", len(tokens), 0, error=str(exc))
                 return

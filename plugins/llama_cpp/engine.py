@@ -325,7 +325,10 @@ class BatchEngine:
         if llama_cpp.llama_vocab_is_eog(self.vocab, token):
             return self._finish(job, "stop")
         job.produced += 1
-        text, hit = job.stops.feed(job.detok.piece(token))
+        piece = job.detok.piece(token)
+        if not job.sampler.saw(piece):
+            return self._finish(job, "stop")
+        text, hit = job.stops.feed(piece)
         if text:
             job.out.put(Delta(text))
         if hit:

@@ -41,9 +41,15 @@ class Sampler:
     ``_window_is_enough``); only otherwise does the grammar see every token. Same answers as
     grammar-first sampling, at a small fraction of its cost for everyone sharing the step."""
 
-    def __init__(self, vocab, params, grammar=None):
+    def __init__(self, vocab, params, grammar=None, trigger=None):
         self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         self.grammar = None
+        self.vocab = vocab
+        # With a trigger (inference.toolcalls.Trigger, for tool_choice "auto") the grammar waits,
+        # parsed, until the model opens a call. llama.cpp's lazy grammars match a regular
+        # expression against all the text so far at every token, inside the shared step;
+        # this looks at a tag's length of new text.
+        self.trigger = trigger
         self.greedy = params.temperature <= 0
         self.grammar_seconds = 0.0  # time spent filtering candidates (the engine's budget reads it)
         if grammar:
@@ -69,7 +75,7 @@ class Sampler:
 
     def sample(self, ctx, batch_index):
         """Sample from the logits of batch row ``batch_index`` (llama.cpp also accepts the token)."""
-        if self.grammar is None:
+        if self.grammar is None or (self.trigger is not None and not self.trigger.fired):
             return llama_cpp.llama_sampler_sample(self.chain, ctx, batch_index)
         began = time.thread_time()  # CPU time: a busy machine must not make a grammar look costly
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index), shape=(self.n_vocab,))
@@ -87,6 +93,27 @@ class Sampler:
         llama_cpp.llama_sampler_accept(self.grammar, token)
         self.grammar_seconds += time.thread_time() - began
         return token
+
+    def saw(self, text):
+        """The text the last token added. Returns False when it opened a call the grammar cannot
+        follow (the call is then cut short, never left unconstrained)."""
+        if self.trigger is None or self.trigger.fired:
+            return True
+        opened = self.trigger.feed(text)
+        if opened is None:
+            return True
+        data = opened.encode()
+        ids = (llama_cpp.llama_token * (len(data) + 8))()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), ids, len(ids), False, True)
+        one = np.zeros(1, TOKEN_DATA)
+        for token in ids[:max(n, 0)]:
+            # A token the grammar refuses would make llama.cpp throw through ctypes: ask first.
+            one["id"], one["logit"] = token, 0.0
+            self._apply(self.grammar, one)
+            if one["logit"][0] == -np.inf:
+                return False
+            llama_cpp.llama_sampler_accept(self.grammar, token)
+        return n >= 0
 
     def over_budget(self, tokens):
         return self.grammar_seconds > GRAMMAR_BURST_SECONDS + GRAMMAR_SECONDS_PER_TOKEN * tokens

@@ -1,0 +1,136 @@
+"""OpenAI's tool-calling request fields, checked, and the grammar that makes every call well formed.
+
+A call is ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` (inference.toolcalls) whose
+arguments follow that function's ``parameters`` schema, enforced while sampling by a grammar
+built with the structured-output converter (api.schema) and bounded by its limits.
+``required`` and a named function run under it from the first token; ``auto`` lets the model
+write freely until it opens a call.
+"""
+import json
+import re
+
+from inference.toolcalls import CLOSE, OPEN
+
+from . import schema as schemas
+from .errors import invalid
+
+NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+MAX_TOOLS = 128  # OpenAI's own limit
+MAX_DESCRIPTION_CHARS = 8192
+CHOICES = ("none", "auto", "required")
+EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+
+
+def parse_tools(data):
+    """[{"name", "description", "parameters"}] from ``tools``; [] when absent."""
+    tools = data.get("tools")
+    if tools is None or tools == []:
+        return []
+    if not isinstance(tools, list):
+        raise invalid("'tools' must be a list of {\"type\": \"function\", \"function\": {...}} objects.", "tools")
+    if len(tools) > MAX_TOOLS:
+        raise invalid(f"'tools' has {len(tools)} tools; at most {MAX_TOOLS} are accepted.", "tools")
+    out, seen = [], set()
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+            raise invalid(f"'{where}' must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}.", where)
+        fn = tool["function"]
+        name = fn.get("name")
+        if not isinstance(name, str) or not NAME.match(name):
+            raise invalid(f"'{where}.function.name' must be 1 to 64 letters, digits, underscores or dashes, not "
+                          f"{json.dumps(name)[:80]}.", f"{where}.function.name")
+        if name in seen:
+            raise invalid(f"'{where}.function.name': two tools are named '{name}'.", f"{where}.function.name")
+        seen.add(name)
+        description = fn.get("description", "")
+        if description is None:
+            description = ""
+        if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS:
+            raise invalid(f"'{where}.function.description' must be a string of at most {MAX_DESCRIPTION_CHARS} "
+                          "characters.", f"{where}.function.description")
+        parameters = fn.get("parameters")
+        if parameters is None:
+            parameters = EMPTY_PARAMETERS
+        param = f"{where}.function.parameters"
+        if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
+            raise invalid(f"'{param}' must be a JSON Schema of type object.", param)
+        try:
+            schemas.check(parameters)
+        except schemas.SchemaTooLarge as exc:
+            raise invalid(f"'{param}' is too large to enforce: {exc}", param, "schema_too_large") from None
+        except schemas.SchemaError as exc:
+            raise invalid(f"'{param}' cannot be enforced: {exc}", param, "unsupported_schema") from None
+        out.append({"name": name, "description": description, "parameters": parameters})
+    return out
+
+
+def parse_tool_choice(data, tools):
+    """"none", "auto", "required" or a tool's name (a named function); "auto" when absent."""
+    choice = data.get("tool_choice")
+    if choice is None:
+        return "auto" if tools else "none"
+    if isinstance(choice, str):
+        if choice not in CHOICES:
+            raise invalid(f"'tool_choice' must be none, auto, required or {{\"type\": \"function\", \"function\": "
+                          f"{{\"name\": ...}}}}, not {json.dumps(choice)[:40]}.", "tool_choice")
+        if choice == "required" and not tools:
+            raise invalid("'tool_choice' is 'required' but no 'tools' were given.", "tool_choice")
+        return choice
+    if (not isinstance(choice, dict) or choice.get("type") != "function"
+            or not isinstance(choice.get("function"), dict) or not isinstance(choice["function"].get("name"), str)):
+        raise invalid("'tool_choice' must be none, auto, required or {\"type\": \"function\", \"function\": "
+                      "{\"name\": ...}}.", "tool_choice")
+    name = choice["function"]["name"]
+    if name not in {t["name"] for t in tools}:
+        raise invalid(f"'tool_choice' names the function '{name[:64]}', which is not in 'tools'.", "tool_choice")
+    return name
+
+
+def parse_parallel(data):
+    value = data.get("parallel_tool_calls")
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise invalid("'parallel_tool_calls' must be true or false.", "parallel_tool_calls")
+    return value
+
+
+def assistant_calls(message, index):
+    """The ``tool_calls`` of an assistant message in the history: [{"id", "name", "arguments"}]."""
+    param = f"messages[{index}].tool_calls"
+    calls = message.get("tool_calls")
+    if message.get("function_call"):
+        raise invalid(f"'messages[{index}].function_call' is the deprecated form: send 'tool_calls'.",
+                      f"messages[{index}].function_call")
+    if calls is None or calls == []:
+        return []
+    if not isinstance(calls, list):
+        raise invalid(f"'{param}' must be a list.", param)
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if (not isinstance(call.get("id") if isinstance(call, dict) else None, str) or not isinstance(fn, dict)
+                or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments", ""), str)):
+            raise invalid(f"'{param}[{j}]' must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\", "
+                          "\"arguments\"}} with arguments as a JSON string.", param)
+        out.append({"id": call["id"], "name": fn["name"], "arguments": fn.get("arguments") or "{}"})
+    return out
+
+
+def grammar(tools, choice, parallel):
+    """The GBNF for the calls ``choice`` allows ("auto", "required" or a name): one call, or with
+    ``parallel`` one or more, each a JSON object of a tool's name and its valid arguments."""
+    chosen = [t for t in tools if choice in ("auto", "required") or t["name"] == choice]
+    named = {f"call{i}": {"type": "object", "properties": {"name": {"const": t["name"]}, "arguments": t["parameters"]},
+                          "required": ["name", "arguments"], "additionalProperties": False}
+             for i, t in enumerate(chosen)}
+    try:
+        rules = schemas.grammar_for_rules(named)
+    except schemas.SchemaTooLarge as exc:
+        raise invalid(f"These tools are too large to enforce together: {exc}", "tools", "schema_too_large") from None
+    except schemas.SchemaError as exc:
+        raise invalid(f"These tools cannot be enforced: {exc}", "tools", "unsupported_schema") from None
+    block = f'"{OPEN}" "\\n"? call "\\n"? "{CLOSE}"'
+    return "\n".join([f"root ::= {block}" + (f' ("\\n"? {block})*' if parallel else ""),
+                      "call ::= " + " | ".join(named), rules])
