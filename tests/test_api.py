@@ -362,7 +362,8 @@ def test_unknown_model_is_404(server):
     ({"model": SMOL, "messages": ask("hi"), "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"model": SMOL, "messages": ask("hi"), "seed": 1.5}, "seed"),
     ({"model": SMOL, "messages": ask("hi"), "stream": "yes"}, "stream"),
-    ({"model": SMOL, "messages": ask("hi"), "tools": [{"type": "function"}]}, "tools"),
+    ({"model": SMOL, "messages": ask("hi"), "tools": [{"type": "function"}]}, "tools[0]"),
+    ({"model": SMOL, "messages": ask("hi"), "functions": [{"name": "f"}]}, "functions"),
     ({"model": SMOL, "messages": ask("hi"), "response_format": {"type": "xml"}}, "response_format"),
     ({"messages": ask("hi")}, "model"),
 ])
