@@ -179,7 +179,9 @@ def main():
     spent = setup(tmp, args)
     from inference.registry import get_registry
 
-    backend = get_registry().backend("smol")
+    registry = get_registry()
+    registry.load_device("cpu")
+    backend = registry.backend("smol")
     raw = Raw(args)
     runs = {mode: {"ours": [], "raw": []} for mode in MODES}
     try:
