@@ -173,9 +173,10 @@ class LlamaCppBackend(Backend):
         native = toolcalls.template_knows_tools(self.template.source)
         messages = request.chat_messages(native_tools=native)
         kwargs = dict(request.template_kwargs)
-        if request.tools and native:
-            kwargs["xml_tools"] = [toolcalls.tool_json(t) for t in request.tools]
         shield = typed_text.Shield(self._special_pattern)
+        if request.tools and native:
+            # Tool descriptions are a client's text too: never special tokens.
+            kwargs["xml_tools"] = shield.cover([toolcalls.tool_json(t) for t in request.tools])
         text = self.template.render(shield.messages(messages), add_generation_prompt=True, **kwargs)
         text, typed = shield.restore(text)
         return Prompt(text, content_spans(text, [m["content"] for m in messages]), typed)

@@ -41,15 +41,16 @@ class Shield:
         self.placeholder = re.compile("\ue000" + self.nonce + r":(\d+)\ue001")
 
     def messages(self, messages):
-        return [{k: (v if k == "role" else self._cover(v)) for k, v in m.items()} for m in messages]
+        return [{k: (v if k == "role" else self.cover(v)) for k, v in m.items()} for m in messages]
 
-    def _cover(self, value):
+    def cover(self, value):
+        """``value`` (text, or lists and dicts of it) with special tokens' texts swapped out."""
         if isinstance(value, str) and self.pattern is not None:
             return self.pattern.sub(self._swap, value)
         if isinstance(value, list):
-            return [self._cover(v) for v in value]
+            return [self.cover(v) for v in value]
         if isinstance(value, dict):
-            return {k: self._cover(v) for k, v in value.items()}
+            return {k: self.cover(v) for k, v in value.items()}
         return value
 
     def _swap(self, match):
