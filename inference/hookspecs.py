@@ -71,3 +71,12 @@ def request_throttled(action, scope):
 @hookspec
 def register_routes():
     """Return a list of Django URL patterns to mount at the site root (e.g. ``/metrics``)."""
+
+
+@hookspec
+def register_tools():
+    """Return a list of ``inference.tool_runner.Tool`` the chat may offer the model: a name,
+    a description, a JSON Schema for the arguments and ``fn(arguments, context)``, run by the
+    server on a thread of its own, with a time limit, as the chat's owner (``context.user_id``).
+    A tool with a bad name or schema, or a name another plugin took first, is skipped with a
+    logged warning."""
