@@ -199,3 +199,18 @@ def test_hook_register_routes(echo_engine, admin_client):
     assert total(after, "smolsite_generations_finished_total", status="done", **labels) \
         - total(before, "smolsite_generations_finished_total", status="done", **labels) == 1
     assert admin_client.get("/metrics.json").json()["completion_tokens"] == total(after, "smolsite_completion_tokens_total")
+
+
+def test_hook_register_tools(pm):
+    from inference.tool_runner import Tool, ToolContext, registered_tools, run_tool
+
+    class Plugin:
+        @hookimpl
+        def register_tools(self):
+            parameters = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+            return [Tool("shout", "Upper-case a text.", parameters, lambda arguments, context: arguments["text"].upper())]
+
+    pm.register(Plugin(), name="shout-plugin")
+    assert {"shout", "calculator"} <= set(registered_tools())
+    outcome = run_tool("shout", '{"text": "hi"}', ToolContext(user_id=1))
+    assert (outcome.status, outcome.output) == ("ok", "HI")
