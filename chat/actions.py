@@ -1,6 +1,8 @@
 """What a user can do to a conversation (send, regenerate, edit, stop), as plain functions
 shared by the websocket consumer and the HTTP views. Each returns the new assistant message
 (to be enqueued) or raises ActionError with a message for the user."""
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -8,7 +10,8 @@ from django.utils import timezone
 from inference.models import UnknownModel, get_model
 from usage.quotas import QuotaExceeded, reserve
 
-from .models import Conversation, Message
+from . import agent
+from .models import Conversation, Message, ToolCall
 
 
 class ActionError(ValueError):
@@ -39,6 +42,12 @@ def _lock(conversation_id):
     conv = Conversation.objects.select_for_update().get(pk=conversation_id)
     if conv.messages.filter(status__in=Message.ACTIVE).exists():
         raise ActionError("An answer is still being generated: wait for it or press Stop.")
+    busy = set(ToolCall.objects.filter(message__conversation_id=conversation_id, status__in=ToolCall.BUSY)
+               .values_list("status", flat=True))
+    if ToolCall.Status.AWAITING in busy:
+        raise ActionError("A tool call is waiting for you: approve or deny it first, or press Stop.")
+    if busy:
+        raise ActionError("A tool is still running: wait for it or press Stop.")
     try:
         get_model(conv.model)
     except UnknownModel:
@@ -54,20 +63,39 @@ def _reply(conv, parent):
         reserve(conv.owner_id, conv.max_tokens, count=1)
     except QuotaExceeded as exc:
         raise ActionError(str(exc)) from None
+    try:
+        options = agent.options_for(conv, agent.round_after(parent))
+    except agent.ToolsUnavailable as exc:
+        raise ActionError(str(exc)) from None
     now = timezone.now()
     reply = Message.objects.create(conversation=conv, parent=parent, role=Message.Role.ASSISTANT,
                                    status=Message.Status.PENDING, model_name=conv.model, created_at=now,
-                                   reserved_tokens=conv.max_tokens)
+                                   reserved_tokens=conv.max_tokens, options=options)
     conv.current_leaf = reply
     conv.updated_at = now
     conv.save(update_fields=["current_leaf", "updated_at"])
     return reply
 
 
-def send(conversation_id, content):
+def clean_time_zone(name):
+    """An IANA time zone name the server knows, or None."""
+    if not isinstance(name, str) or not 0 < len(name) <= 64:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError):
+        return None
+    return name
+
+
+def send(conversation_id, content, time_zone=None):
     content = clean_content(content)
+    time_zone = clean_time_zone(time_zone)
     with transaction.atomic():
         conv = _lock(conversation_id)
+        if time_zone and time_zone != conv.time_zone:  # the browser's, for tools such as current_time
+            conv.time_zone = time_zone
+            conv.save(update_fields=["time_zone"])
         parent = conv.current_leaf
         user = Message.objects.create(conversation=conv, parent=parent, role=Message.Role.USER, content=content)
         if parent is None and conv.title in ("", "New chat"):
@@ -147,3 +175,30 @@ def mark_routed(message_id, worker_id):
     """Remember which worker's own queue a pending message went to, so the reaper can send it to
     the shared device queue if that worker dies before claiming it."""
     Message.objects.filter(pk=message_id, status=Message.Status.PENDING).update(worker_id=worker_id)
+
+
+def stop_tools(conversation_id):
+    """Stop a tool loop between answers: calls waiting for approval, queued or running end as
+    ``stopped``, and the loop's latest answer gets no next answer. Returns the ids of the answers
+    whose cards need redrawing, or None when there was no loop to stop."""
+    with transaction.atomic():
+        conv = Conversation.objects.select_for_update().get(pk=conversation_id)
+        busy = ToolCall.objects.filter(message__conversation_id=conversation_id, status__in=ToolCall.BUSY)
+        changed = sorted(set(busy.values_list("message_id", flat=True)))
+        # Between the last result and the next answer's row, nothing is busy: that answer must not start.
+        leaf = conv.current_leaf
+        options = (leaf.options or {}) if leaf is not None else {}
+        open_loop = (leaf is not None and leaf.role == Message.Role.ASSISTANT and "tool_round" in options
+                     and leaf.status == Message.Status.DONE and not options.get("tool_note")
+                     and not options.get("tool_stopped") and leaf.tool_calls.exists()
+                     and not leaf.tool_calls.filter(status=ToolCall.Status.STOPPED).exists()
+                     and not leaf.children.exists())
+        if not changed and not open_loop:
+            return None
+        now = timezone.now()
+        busy.update(status=ToolCall.Status.STOPPED, updated_at=now, finished_at=now)
+        if open_loop:
+            Message.objects.filter(pk=leaf.pk).update(options={**options, "tool_stopped": True})
+            if leaf.pk not in changed:
+                changed.append(leaf.pk)
+        return changed

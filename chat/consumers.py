@@ -15,7 +15,7 @@ from django.template.loader import render_to_string
 from inference import dispatch
 from inference.publish import remember_server_loop
 
-from . import actions, limits
+from . import actions, agent, limits
 from .models import Conversation, Message
 from .rendering import message_context, thread_context
 from .socket_auth import NOT_ALLOWED, SIGNED_OUT, TOO_MANY, SessionRecheckMixin, contains_nul
@@ -119,6 +119,8 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
             "edit": self.do_edit,
             "stop": self.do_stop,
             "resume": self.do_resume,
+            "approve": self.do_approve,
+            "deny": self.do_deny,
         }.get(action)
         if handler is None:
             return await self.error(f"Unknown action {action!r:.100}.")
@@ -131,7 +133,7 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
             return await self.error(str(exc), action=action, retry_after=exc.retry_after)
         try:
             await handler(frame)
-        except actions.ActionError as exc:
+        except (actions.ActionError, agent.DecisionError) as exc:
             await self.error(str(exc), action=action)
         except (TypeError, ValueError, KeyError, OverflowError):  # OverflowError: int(1e400)
             await self.error(f"Malformed {action!r} frame.", action=action)
@@ -147,7 +149,8 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
                              "Try again in a moment.", action=action)
 
     async def do_send(self, frame):
-        reply = await database_sync_to_async(actions.send)(self.conversation_id, frame.get("content"))
+        reply = await database_sync_to_async(actions.send)(self.conversation_id, frame.get("content"),
+                                                           frame.get("time_zone"))
         await self._started(reply, frame["action"])
 
     async def do_regenerate(self, frame):
@@ -164,13 +167,37 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
     async def do_stop(self, frame):
         active = await database_sync_to_async(actions.active_message)(self.conversation_id)
         if active is None:
-            return await self.error("Nothing is being generated.", action="stop")
+            # Between answers of a tool loop: a tool running, or calls waiting for approval.
+            changed = await database_sync_to_async(actions.stop_tools)(self.conversation_id)
+            if changed is None:
+                return await self.error("Nothing is being generated.", action="stop")
+            for message_id in changed:
+                await self.channel_layer.group_send(self.group, {"type": "tool.update", "message": message_id})
+            return
         await sync_to_async(dispatch.stop, thread_sensitive=False)(str(active.pk))
         if await database_sync_to_async(actions.cancel_pending)(active.pk):
             # Never reached a worker: tell every tab now.
             await self.channel_layer.group_send(self.group, {
                 "type": "gen.events", "message": active.pk,
                 "events": [{"seq": 1, "kind": "done", "status": "stopped", "error": "", "stats": {}}]})
+
+    async def do_approve(self, frame):
+        await self._decide(frame, True)
+
+    async def do_deny(self, frame):
+        await self._decide(frame, False)
+
+    async def _decide(self, frame, approve):
+        call = frame["call"]
+        if isinstance(call, bool) or not isinstance(call, (int, str)):
+            raise TypeError("call")
+        call = int(call)
+        if not 0 < call < 2 ** 63:
+            raise agent.DecisionError("No such tool call in this chat.")
+        message_id, ready = await database_sync_to_async(agent.decide)(self.conversation_id, call, approve)
+        await self.channel_layer.group_send(self.group, {"type": "tool.update", "message": message_id})
+        if ready:  # every call of that answer is decided: run the approved ones, then go on
+            agent.advance_in_background(message_id)
 
     async def do_resume(self, frame):
         await self._send_snapshot(int(frame["message"]))
@@ -204,6 +231,17 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
         await self.error(text, action=action)
 
     # ---- group -> client --------------------------------------------------------------
+    async def tool_update(self, event):
+        """A tool call of an answer changed (ran, ended, was decided or stopped): redraw the answer
+        with its cards."""
+        if not await self.allowed_for_events():
+            return
+        message_id = int(event["message"])
+        context = await self._message_context(message_id)
+        if context is not None:
+            html = await off_loop(render_to_string)("chat/_message.html", context)
+            await self.send_json({"type": "tools", "message": message_id, "html": html})
+
     async def thread_changed(self, event):
         if not await self.allowed_for_events():
             return

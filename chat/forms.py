@@ -21,18 +21,33 @@ class ModelForm(forms.Form):
     model = forms.ChoiceField(choices=model_choices)
 
 
+def tool_choices():
+    from .agent import available_tools
+
+    return [(name, name) for name in available_tools()]
+
+
 class SettingsForm(forms.ModelForm):
-    """Sampling settings; the thinking toggle exists only for models that can think."""
+    """Sampling settings; the thinking toggle exists only for models that can think, the Tools
+    section only where the server has tools."""
+
+    tools = forms.MultipleChoiceField(
+        choices=tool_choices, required=False, widget=forms.CheckboxSelectMultiple, label="Tools",
+        help_text="The model may call the ones ticked; the server runs them and the model reads the results. "
+                  "None ticked: tools off.")
 
     class Meta:
         model = Conversation
-        fields = ["system_prompt", "temperature", "top_p", "max_tokens", "thinking"]
-        labels = {"top_p": "Top p", "max_tokens": "Max tokens", "thinking": "Think before answering"}
+        fields = ["system_prompt", "temperature", "top_p", "max_tokens", "thinking", "tools", "tool_choice",
+                  "tools_ask"]
+        labels = {"top_p": "Top p", "max_tokens": "Max tokens", "thinking": "Think before answering",
+                  "tool_choice": "Call a tool", "tools_ask": "Ask before running"}
         help_texts = {
             "system_prompt": "Instructions the model sees before every turn of this chat.",
             "temperature": "0 answers the same way every time; higher values vary more (0 to 2).",
             "top_p": "Sample only from the most likely tokens that add up to this probability (above 0, up to 1).",
             "max_tokens": "The longest answer, in tokens.",
+            "tools_ask": "Each call waits in the chat for your Approve or Deny.",
         }
         widgets = {
             "system_prompt": forms.Textarea(attrs={"rows": 4, "placeholder": "You are a helpful assistant."}),
@@ -45,6 +60,11 @@ class SettingsForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if "thinking" not in features:
             del self.fields["thinking"]
+        if not self.fields["tools"].choices:
+            for name in ("tools", "tool_choice", "tools_ask"):
+                del self.fields[name]
+        else:
+            self.fields["tool_choice"].required = False  # a form without it (no tools ticked) keeps "auto"
         self.fields["max_tokens"].widget.attrs["max"] = str(self.context_limit())
 
     def context_limit(self):
@@ -52,6 +72,9 @@ class SettingsForm(forms.ModelForm):
             return get_model(self.instance.model).n_ctx
         except UnknownModel:
             return 8192
+
+    def clean_tool_choice(self):
+        return self.cleaned_data.get("tool_choice") or "auto"
 
     def clean_system_prompt(self):
         text = self.cleaned_data["system_prompt"].strip()

@@ -13,6 +13,15 @@ class Conversation(models.Model):
     top_p = models.FloatField(default=0.95)
     max_tokens = models.PositiveIntegerField(default=1024)
     thinking = models.BooleanField(default=True)
+    # Tools the model may call in this chat (names from inference.tool_runner); empty: tools off.
+    tools = models.JSONField(default=list, blank=True)
+    # "auto": the model decides; "required": the first answer of each turn is a call.
+    tool_choice = models.CharField(max_length=8, default="auto",
+                                   choices=[("auto", "when the model decides"), ("required", "before every answer")])
+    # Each call waits for the user's Approve or Deny.
+    tools_ask = models.BooleanField(default=False)
+    # The user's IANA time zone as their browser reports it (tools such as current_time read it).
+    time_zone = models.CharField(max_length=64, default="UTC")
     # What made it: the chat page, the OpenAI-compatible API (with the key's name) or a batch job.
     source = models.CharField(max_length=8, default="chat",
                               choices=[("chat", "chat"), ("api", "API"), ("batch", "batch")])
@@ -149,6 +158,8 @@ class ToolCall(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.REQUESTED)
     duration = models.FloatField(null=True, blank=True, help_text="seconds the tool ran")
     created_at = models.DateTimeField(default=timezone.now)
+    # When its status last changed (the reaper ends calls stuck queued or running long after).
+    updated_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -158,5 +169,24 @@ class ToolCall(models.Model):
     def __str__(self):
         return f"{self.name} ({self.status}) #{self.pk}"
 
+    BUSY = (Status.PENDING, Status.AWAITING, Status.RUNNING)
+    ENDED = (Status.OK, Status.ERROR, Status.TIMEOUT, Status.DENIED, Status.STOPPED)
+
     def as_template_call(self):
         return {"id": self.call_id, "name": self.name, "arguments": self.arguments}
+
+    def result_text(self):
+        """What the model is told of this call (its tool message)."""
+        if self.status == self.Status.OK:
+            return self.output
+        if self.status == self.Status.DENIED:
+            return "The user denied this call: it was not run."
+        if self.status == self.Status.TIMEOUT:
+            return "The tool did not finish in time." + (f"\n{self.output}" if self.output else "")
+        if self.status == self.Status.STOPPED:
+            return "The call was stopped before it finished."
+        return "Error: " + (self.output or "the tool failed.")
+
+    @property
+    def is_busy(self):
+        return self.status in self.BUSY

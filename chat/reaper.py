@@ -10,7 +10,7 @@ from django.utils import timezone
 from inference.publish import Publisher
 from inference.workers import alive_workers, is_alive
 
-from .models import Message
+from .models import Message, ToolCall
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,47 @@ def reap(stale_seconds=None, queue_seconds=None):
     if dead:
         logger.warning("marking %d generation(s) interrupted", len(dead))
     count = _interrupt(dead, "The worker stopped before the answer was finished.")
+    count += _end_stuck_tools(cutoff, "The tool did not finish: the worker running it stopped.")
     return count + _reroute_orphans() + _fail_unserved(queue_seconds) + _requeue_unclaimed()
+
+
+def _end_stuck_tools(cutoff, reason):
+    """Tool calls queued or running since before ``cutoff`` (every call ends within its time limit,
+    so their worker died) end as errors; a loop whose results are in but whose next answer was
+    never made (its worker died in between) gets a note. Calls awaiting the user are left alone:
+    they wait for Approve, Deny or Stop. Returns how many answers changed."""
+    now = timezone.now()
+    stuck = ToolCall.objects.filter(status__in=(ToolCall.Status.PENDING, ToolCall.Status.RUNNING),
+                                    updated_at__lt=cutoff)
+    changed = set(stuck.values_list("message_id", flat=True))
+    for call in stuck.filter(message_id__in=changed):
+        ToolCall.objects.filter(pk=call.pk, status=call.status).update(
+            status=ToolCall.Status.ERROR, output=call.output or reason, updated_at=now, finished_at=now)
+    for m in Message.objects.filter(role=Message.Role.ASSISTANT, status=Message.Status.DONE,
+                                    finish_reason="tool_calls", finished_at__lt=cutoff,
+                                    children__isnull=True, options__has_key="tool_round"):
+        options = m.options or {}
+        calls = list(m.tool_calls.values_list("status", flat=True))
+        if m.tool_calls.filter(updated_at__gte=cutoff).exists():
+            continue  # its last result is recent: the next answer may be on its way
+        if (options.get("tool_note") or options.get("tool_stopped") or not calls
+                or any(s not in ToolCall.ENDED for s in calls) or ToolCall.Status.STOPPED in calls):
+            continue
+        options["tool_note"] = "The answer did not go on after the tools: the worker stopped. Send a message to go on."
+        if Message.objects.filter(pk=m.pk, children__isnull=True).update(options=options):
+            changed.add(m.pk)
+    for message_id, conversation_id in Message.objects.filter(pk__in=changed).values_list("pk", "conversation_id"):
+        _announce_tools(conversation_id, message_id)
+    return len(changed)
+
+
+def _announce_tools(conversation_id, message_id):
+    try:
+        from .agent import announce_calls
+
+        announce_calls(conversation_id, message_id)
+    except Exception:
+        logger.exception("could not announce the tool calls of message %s", message_id)
 
 
 def _reroute_orphans():
@@ -149,7 +189,8 @@ def reap_worker(worker_id, reason):
 def reap_embedded_leftovers():
     """Embedded mode keeps its queue in memory: whatever was active at the last shutdown is lost."""
     leftovers = list(Message.objects.filter(status__in=Message.ACTIVE))
-    return _interrupt(leftovers, "The server restarted before the answer was finished.")
+    count = _interrupt(leftovers, "The server restarted before the answer was finished.")
+    return count + _end_stuck_tools(timezone.now(), "The server restarted before the tool finished.")
 
 
 def start_reaper(interval=None):

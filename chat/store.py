@@ -13,14 +13,26 @@ from .models import Conversation, Message, ToolCall
 
 
 def history_for(message):
-    """The turns a reply to ``message.parent`` is conditioned on: the branch above it,
-    without failed or empty answers."""
+    """The turns a reply to ``message.parent`` is conditioned on: the branch above it, without
+    failed or empty answers (an answer that asked for calls stays, with its calls and their
+    results as tool turns)."""
     conversation = message.conversation
+    branch = conversation.branch(message.parent) if message.parent_id else []
+    calls = {}
+    for call in ToolCall.objects.filter(message__in=[m.pk for m in branch if m.role == Message.Role.ASSISTANT]):
+        calls.setdefault(call.message_id, []).append(call)
     turns = []
-    for m in conversation.branch(message.parent) if message.parent_id else []:
-        if m.role == Message.Role.ASSISTANT and (m.status == Message.Status.ERROR or not m.content):
+    for m in branch:
+        asked = calls.get(m.pk, [])
+        if m.role == Message.Role.ASSISTANT and (m.status == Message.Status.ERROR or not (m.content or asked)):
             continue
-        turns.append({"role": m.role, "content": m.content, "reasoning": m.reasoning})
+        turn = {"role": m.role, "content": m.content, "reasoning": m.reasoning}
+        if asked:
+            turn["tool_calls"] = [c.as_template_call() for c in asked]
+        turns.append(turn)
+        for c in asked:
+            if c.status in ToolCall.ENDED:
+                turns.append({"role": "tool", "tool_call_id": c.call_id, "name": c.name, "content": c.result_text()})
     return turns
 
 
@@ -119,8 +131,25 @@ class MessageStore(JobStore):
                 ledger.record(job_id, result, now=now, fallback=payer)
                 return False
             Conversation.objects.filter(messages__pk=job_id).update(updated_at=now)
-            save_tool_calls(job_id, result.tool_calls)
+            save_tool_calls(job_id, result.tool_calls, self._call_status(job_id, result))
             # The usage ledger: once per generation, in the transaction that ends it (so its
             # reserved tokens and its used tokens are never both, or neither, counted).
             ledger.record(job_id, result, now=now)
         return True
+
+    @staticmethod
+    def _call_status(job_id, result):
+        """API calls are the client's to run; a chat's run here (chat.agent), once approved when the
+        chat asks first. The calls of an answer that did not end well are never run."""
+        row = Message.objects.filter(pk=job_id).values("options", "conversation__tools_ask").first()
+        if row is None or "tool_round" not in (row["options"] or {}):
+            return ToolCall.Status.REQUESTED
+        if result.status != Message.Status.DONE:
+            return ToolCall.Status.STOPPED
+        return ToolCall.Status.AWAITING if row["conversation__tools_ask"] else ToolCall.Status.PENDING
+
+    def after_finish(self, job_id, result, worker_id=""):
+        if result.tool_calls:
+            from . import agent
+
+            agent.advance(int(job_id), worker_id)

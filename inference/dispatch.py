@@ -1,6 +1,7 @@
 """Hand a generation job to its model's device: a Celery queue when REDIS_URL is set, the
 embedded device worker otherwise (inference.embedded). Callers do no inference themselves."""
 import asyncio
+import os
 
 from django.conf import settings
 
@@ -12,6 +13,13 @@ def enqueue(job_id, model_name, loop=None, affinity=""):
     """Queue the job; scaled out, ``affinity`` names the worker that holds the conversation's
     tokens. Returns the worker id the job was pinned to, or "" (any worker of the device)."""
     model = get_model(model_name)
+    if os.environ.get("SMOLSITE_WORKER_CHILD") == "1" and not settings.REDIS_URL:
+        # A device worker's child process (a chat's tool loop continuing): the web process queues
+        # it (inference.supervisor), so its stops reach whichever child runs it.
+        from . import parent_link
+
+        parent_link.send(("enqueue", job_id, model_name))
+        return ""
     if settings.REDIS_URL:
         from .routing import choose_queue
         from .tasks import generate

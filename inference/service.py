@@ -68,6 +68,10 @@ class JobStore:
     def finish(self, job_id, result):
         raise NotImplementedError
 
+    def after_finish(self, job_id, result, worker_id=""):
+        """Called on the worker's thread once the job's result is saved and published (the chat's
+        tools run here, never on the engine's thread): nothing by default."""
+
 
 def get_store():
     return import_string(getattr(settings, "SMOLSITE_JOB_STORE", "chat.store.MessageStore"))()
@@ -284,4 +288,9 @@ def run_job(job_id, worker_id=""):
     if request is None:
         logger.info("job %s is gone or already finished; skipping", job_id)
         return None
-    return GenerationService(store=store).run(request)
+    result = GenerationService(store=store).run(request)
+    try:
+        store.after_finish(job_id, result, worker_id)
+    except Exception:
+        logger.exception("after job %s finished", job_id)
+    return result

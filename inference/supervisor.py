@@ -183,8 +183,18 @@ class DeviceWorkerProcess:
                     self._stops.discard(message[1])
             elif kind == "call":
                 self._answer(conn, message[1], message[2])
+            elif kind == "enqueue":  # a job the child made (a chat's tool loop continuing)
+                self._enqueue(message[1], message[2])
             elif kind == "ready":
                 self._on_ready(conn, message[1])
+
+    def _enqueue(self, job_id, model_name):
+        from .dispatch import enqueue
+
+        try:
+            enqueue(str(job_id), model_name, loop=server_loop())
+        except Exception:  # the reaper fails or re-queues a pending row nobody took
+            logger.exception("could not queue job %s for a worker process", job_id)
 
     def _answer(self, conn, call_id, request):
         """The child's cache is this process's (inference.parent_link.ParentCache)."""

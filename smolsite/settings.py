@@ -276,6 +276,11 @@ SMOLSITE_SIGNUP_OPEN = env_bool("SMOLSITE_SIGNUP_OPEN", True)
 # Largest websocket frame accepted from a browser, in bytes.
 SMOLSITE_MAX_FRAME_BYTES = int(os.environ.get("SMOLSITE_MAX_FRAME_BYTES", "65536"))
 SMOLSITE_MAX_MESSAGE_CHARS = int(os.environ.get("SMOLSITE_MAX_MESSAGE_CHARS", "32000"))
+# Tools in the chat (chat.agent): rounds of calls one turn may make before it ends with a note, and
+# each call's time limit (seconds) and longest kept output (characters).
+SMOLSITE_MAX_TOOL_ROUNDS = int(os.environ.get("SMOLSITE_MAX_TOOL_ROUNDS", "4"))
+SMOLSITE_TOOL_TIMEOUT = float(os.environ.get("SMOLSITE_TOOL_TIMEOUT", "10"))
+SMOLSITE_TOOL_MAX_OUTPUT = int(os.environ.get("SMOLSITE_TOOL_MAX_OUTPUT", "8000"))
 # A streaming message whose worker has not written for this long is marked interrupted.
 # (A dead worker is noticed sooner, by its missing heartbeat; this catches a live but stuck one,
 # so it must be longer than the slowest prefill: 8k tokens of a 3B model on CPU take minutes.)
