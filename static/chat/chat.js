@@ -6,6 +6,9 @@
   "use strict";
 
   const ACTIVE = new Set(["pending", "streaming"]);
+  // Tool calls still to run or decide: the turn goes on (chat/agent.py), so Stop shows.
+  const BUSY_CALLS = '#thread .tool-call[data-status="pending"], #thread .tool-call[data-status="running"], '
+    + '#thread .tool-call[data-status="awaiting"]';
   const RECONNECT_CODES = new Set([1006, 1011, 1012, 1013]);
   // Closes the server means (chat/socket_auth.py): say why, and never reconnect.
   const FINAL_CLOSES = {
@@ -90,7 +93,7 @@
   function syncGenerating() {
     const chat = chatEl();
     if (!chat) return;
-    const on = $$("#thread .msg").some(isActive);
+    const on = $$("#thread .msg").some(isActive) || !!$(BUSY_CALLS);
     const send = document.getElementById("send-button");
     const stop = document.getElementById("stop-button");
     const hadFocus = document.activeElement;
@@ -293,6 +296,30 @@
     announce(status === "done" ? "Answer finished. " + text : "Answer " + status + ".");
   }
 
+  // A tool call of an answer changed: the server sends the answer again, with its cards. Cards
+  // the user opened stay open.
+  function onTools(frame) {
+    const el = article(frame.message);
+    if (!el || isActive(el)) return;
+    const open = new Set($$(".tool-call details[open]", el).map((d) => d.closest(".tool-call").id));
+    const fresh = fragment(frame.html);
+    keepingBottom(() => {
+      el.replaceWith(fresh);
+      htmx.process(fresh);
+      for (const id of open) {
+        const details = $("#" + id + " details", fresh);
+        if (details) details.open = true;
+      }
+    });
+    syncGenerating();
+    for (const card of $$(".tool-call", fresh)) {
+      const status = card.dataset.status;
+      const name = $(".tool-name", card)?.textContent || "tool";
+      if (card.dataset.status === "awaiting") announce("The model wants to run " + name + ": approve or deny it.");
+      else if (status !== "pending") announce(name + ": " + ($(".tool-status", card)?.textContent || status));
+    }
+  }
+
   // ---- whole-thread updates -------------------------------------------------------------
   // Messages the new HTML shows mid-stream continue from the seq it was rendered at; when the
   // page had already shown more than that, ask the server for a fresh snapshot.
@@ -368,15 +395,20 @@
     }
     draft = null;
     for (const button of $$(".edit-form button[type=submit]")) button.disabled = false;
+    for (const button of $$(".tool-approval button")) button.disabled = false;
     // The page thought something was running and the server says not: catch up.
     if (frame.action === "stop") resumeActive();
+    if (frame.action === "approve" || frame.action === "deny" || (frame.action === "stop" && $(BUSY_CALLS))) {
+      refreshThread();
+    }
   }
 
   function stopAllTimers() {
     for (const id of Array.from(timers.keys())) stopTimer(id);
   }
 
-  const handlers = { thread: onThread, events: onEvents, snapshot: onSnapshot, final: onFinal, error: onError };
+  const handlers = { thread: onThread, events: onEvents, snapshot: onSnapshot, final: onFinal, error: onError,
+                     tools: onTools };
 
   // ---- websocket lifecycle ------------------------------------------------------------
   document.addEventListener("htmx:wsBeforeMessage", (evt) => {
@@ -619,6 +651,13 @@
       t.parentElement.dataset.userToggled = "1";
     } else if (t.id === "stop-button") {
       sendFrame({ action: "stop" });
+    } else if (t.matches("[data-approve], [data-deny]")) {
+      showError("");
+      const approve = t.matches("[data-approve]");
+      const call = Number(approve ? t.dataset.approve : t.dataset.deny);
+      if (sendFrame({ action: approve ? "approve" : "deny", call })) {
+        for (const b of $$("button", t.closest(".tool-approval"))) b.disabled = true;
+      }
     } else if (t.matches("[data-edit]")) {
       openEditor(t.closest(".msg"));
     } else if (t.matches("[data-regenerate]")) {
@@ -678,6 +717,11 @@
   document.addEventListener("DOMContentLoaded", () => {
     const thread = document.getElementById("thread");
     if (!thread) return;
+    // The user's time zone, sent with each message (tools such as current_time read it).
+    const zone = document.getElementById("composer-time-zone");
+    try {
+      if (zone) zone.value = Intl.DateTimeFormat().resolvedOptions().timeZone || "";
+    } catch (err) { /* an old browser: the chat keeps the zone it had */ }
     adoptThread(thread);
     toBottom();
     const input = composerInput();
