@@ -12,7 +12,7 @@ import zipfile
 
 from django.utils import timezone
 
-from .models import Conversation, Message
+from .models import Conversation, Message, ToolCall
 
 FORMAT_VERSION = 1
 # Placeholder for text left out of an export made without message text.
@@ -28,6 +28,28 @@ def _ts(value):
 def _messages(conv):
     """All the conversation's messages, oldest first (one query)."""
     return list(Message.objects.filter(conversation_id=conv.pk).order_by("created_at", "id"))
+
+
+def _calls(messages):
+    """{message id: [ToolCall]} for these messages (one query)."""
+    out = {}
+    for call in ToolCall.objects.filter(message_id__in=[m.id for m in messages]).order_by("message_id", "index"):
+        out.setdefault(call.message_id, []).append(call)
+    return out
+
+
+def call_json(call, include_text=True):
+    """A tool call as exports show it; without text, its name, status and times only (its arguments
+    and result are what the user and the model wrote, like message text)."""
+    return {
+        "id": call.call_id,
+        "name": call.name,
+        "status": call.status,
+        "arguments": call.arguments if include_text else None,
+        "output": call.output if include_text else None,
+        "duration": call.duration,
+        "finished_at": _ts(call.finished_at),
+    }
 
 
 def _current_branch_ids(conv, messages):
@@ -51,6 +73,7 @@ def conversation_json(conv, include_text=True, messages=None):
     for m in messages:
         children.setdefault(m.parent_id, []).append(m.id)
     current = _current_branch_ids(conv, messages)
+    calls = _calls(messages)
     out_messages = []
     for m in messages:
         item = {
@@ -63,6 +86,7 @@ def conversation_json(conv, include_text=True, messages=None):
             "reasoning": m.reasoning if include_text else None,
             "error": m.error if include_text else ("" if not m.error else WITHHELD),
             "metrics": {name: getattr(m, name) for name in METRIC_FIELDS},
+            "tool_calls": [call_json(c, include_text) for c in calls.get(m.id, [])],
             "children": children.get(m.id, []),
             "on_current_branch": m.id in current,
             "created_at": _ts(m.created_at),
@@ -87,6 +111,9 @@ def conversation_json(conv, include_text=True, messages=None):
             "top_p": conv.top_p,
             "max_tokens": conv.max_tokens,
             "thinking": conv.thinking,
+            "tools": list(conv.tools or []),
+            "tool_choice": conv.tool_choice,
+            "tools_ask": conv.tools_ask,
         },
         "text_included": include_text,
         "current_leaf_id": conv.current_leaf_id,
@@ -120,6 +147,7 @@ def conversation_markdown(conv, include_text=True, messages=None):
     elif conv.system_prompt:
         lines += ["", "**System prompt:**", "", _quote(conv.system_prompt)]
     branch = [by_id[i] for i in _current_branch_ids(conv, messages)]
+    calls = _calls(branch)
     if not branch:
         lines += ["", "_No messages._"]
     others = 0
@@ -145,16 +173,38 @@ def conversation_markdown(conv, include_text=True, messages=None):
         lines += [f"_{' · '.join(f for f in facts if f)}_", ""]
         if not include_text:
             lines.append(WITHHELD)
+            for c in calls.get(m.id, []):
+                lines += ["", f"- Tool call **{c.name}**: {c.get_status_display()}{_took(c)}"]
             continue
         if m.reasoning:
             lines += ["<details><summary>Thinking</summary>", "", m.reasoning, "", "</details>", ""]
-        lines.append(m.content if m.content else "_(empty)_")
+        asked = calls.get(m.id, [])
+        if m.content or not asked:
+            lines.append(m.content if m.content else "_(empty)_")
+        for c in asked:
+            lines += ["", f"**Tool call: {c.name}** ({c.get_status_display()}{_took(c)})", "", "Arguments:", "",
+                      _fenced(c.arguments)]
+            if c.output:
+                lines += ["", "Result:", "", _fenced(c.output)]
+        if (m.options or {}).get("tool_note"):
+            lines += ["", f"_{m.options['tool_note']}_"]
         if m.error:
             lines += ["", f"_Error: {m.error}_"]
     if others:
         lines += ["", "---", "", f"_{others} other version(s) of turns in this chat are not shown here; "
                                  "the JSON export holds every branch._"]
     return "\n".join(lines) + "\n"
+
+
+def _took(call):
+    return f", {call.duration:.2f} s" if call.duration is not None else ""
+
+
+def _fenced(text):
+    """``text`` in a code fence longer than any run of backticks inside it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
 
 
 def safe_name(title, fallback="conversation", limit=60):

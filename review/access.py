@@ -21,6 +21,7 @@ HIDDEN = "[hidden: SMOLSITE_ADMIN_READ_MESSAGES is off]"
 TEXT_FIELDS = {
     "chat.conversation": {"title", "system_prompt"},
     "chat.message": {"content", "reasoning", "error", "options"},
+    "chat.toolcall": {"arguments", "output"},
     "batches.batch": {"errors", "metadata"},
     "batches.batchline": {"body", "response", "error"},
     "batches.batchfile": {"data"},

@@ -1,7 +1,7 @@
 """A conversation as the admin transcript shows it: one branch in order, with every turn's
 other versions (siblings) and every branch's leaf reachable by a link."""
 from chat.markdown import render_markdown
-from chat.models import Message
+from chat.models import Message, ToolCall
 
 
 def queue_wait(message):
@@ -61,14 +61,21 @@ class Tree:
 
 
 def transcript_items(tree, leaf, with_text):
+    """The turns of the branch ending at ``leaf``. Each answer's tool calls come along; their
+    arguments and results are shown only ``with_text`` (the template's business)."""
+    path = tree.path(leaf) if leaf else []
+    calls = {}
+    for call in ToolCall.objects.filter(message_id__in=[m.id for m in path]).order_by("message_id", "index"):
+        calls.setdefault(call.message_id, []).append(call)
     items = []
-    for m in tree.path(leaf) if leaf else []:
+    for m in path:
         siblings = tree.siblings(m)
         index = siblings.index(m)
         items.append({
             "m": m,
             "html": render_markdown(m.content) if with_text and m.role == Message.Role.ASSISTANT else None,
             "queue_wait": queue_wait(m) if m.role == Message.Role.ASSISTANT else None,
+            "calls": calls.get(m.id, []),
             "position": index + 1,
             "versions": [{"number": i + 1, "leaf": tree.latest_leaf(s).id, "current": s.id == m.id}
                          for i, s in enumerate(siblings)],

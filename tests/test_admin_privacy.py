@@ -9,7 +9,7 @@ from django.urls import reverse
 import pytest
 
 from batches.models import Batch, BatchFile, BatchLine
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, ToolCall
 from review.access import TEXT_FIELDS
 from review.models import AuditRecord
 from usage.models import UsageRecord
@@ -181,3 +181,61 @@ def test_deleting_a_user_in_the_admin_lists_their_conversations_without_titles(c
     assert "ZEBRA-EVE" in get(client, reverse("admin:auth_user_delete", args=[eve.pk]))
     response = client.post(reverse("admin:auth_user_delete", args=[eve.pk]), {"post": "yes"})
     assert response.status_code == 302 and not Conversation.objects.filter(pk=conv.pk).exists()
+
+
+@pytest.fixture
+def tool_world(world):
+    """An answer of dora's chat that called a tool: its arguments and its result carry ZEBRA."""
+    conv = Conversation.objects.create(owner=world["dora"], title="Tools", model="smollm2-135m", tools=["calculator"])
+    question = Message.objects.create(conversation=conv, role="user", content="ZEBRA-QUESTION")
+    answer = Message.objects.create(conversation=conv, parent=question, role="assistant", content="", status="done",
+                                    finish_reason="tool_calls", options={"tool_round": 0})
+    call = ToolCall.objects.create(message=answer, index=0, call_id="call_1_0", name="calculator",
+                                   arguments='{"expression": "ZEBRA-ARGS"}', output="ZEBRA-RESULT", status="ok",
+                                   duration=0.25)
+    conv.current_leaf = answer
+    conv.save(update_fields=["current_leaf"])
+    return {**world, "tool_conv": conv, "tool_answer": answer, "call": call}
+
+
+def test_tool_arguments_and_results_are_hidden_with_the_switch_off(client, tool_world, settings):
+    import io
+    import zipfile
+
+    settings.SMOLSITE_ADMIN_READ_MESSAGES = False
+    client.force_login(tool_world["root"])
+    conv, answer = tool_world["tool_conv"], tool_world["tool_answer"]
+    transcript = get(client, reverse("admin:chat_conversation_transcript", args=[conv.pk]))
+    assert_no_text(transcript, "the transcript")
+    # What is shown: that the answer called calculator, and how that went.
+    assert "calculator" in transcript and 'id="call-' in transcript and "0.25 s" in transcript
+    for url in (reverse("admin:chat_conversation_changelist"), reverse("admin:chat_conversation_change", args=[conv.pk]),
+                reverse("admin:chat_message_changelist"), reverse("admin:chat_message_change", args=[answer.pk])):
+        assert_no_text(get(client, url), url)
+    for action in ("export_zip", "export_json", "export_markdown"):
+        response = client.post(reverse("admin:chat_conversation_changelist"), {
+            "action": action, "index": "0", "select_across": "0", "_selected_action": [conv.pk]})
+        assert response.status_code == 200, action
+        if action == "export_zip":
+            with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+                texts = [archive.read(n).decode() for n in archive.namelist()]
+        else:
+            texts = [response.content.decode()]
+        for text in texts:
+            assert_no_text(text, action)
+        assert any("calculator" in text for text in texts), action
+    # The search does not reach them, and no query-string filter does.
+    assert "0 results" in get(client, reverse("admin:chat_conversation_changelist"), {"q": "ZEBRA-ARGS"})
+    for lookup in ("messages__tool_calls__arguments__icontains", "messages__tool_calls__output__icontains"):
+        assert client.get(reverse("admin:chat_conversation_changelist"), {lookup: "ZEBRA"}).status_code == 400
+
+
+def test_tool_arguments_and_results_with_the_switch_on_need_a_reason(client, tool_world, settings):
+    settings.SMOLSITE_ADMIN_READ_MESSAGES = True
+    client.force_login(tool_world["root"])
+    conv = tool_world["tool_conv"]
+    url = reverse("admin:chat_conversation_transcript", args=[conv.pk])
+    assert client.get(url).status_code == 302  # to the reason form
+    client.post(reverse("admin:chat_conversation_reason", args=[conv.pk]), {"reason": "Ticket 16"})
+    html = get(client, url)
+    assert "ZEBRA-ARGS" in html and "ZEBRA-RESULT" in html

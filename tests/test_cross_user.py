@@ -21,7 +21,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from api.models import ApiKey
 from batches.models import Batch, BatchFile, BatchLine
 from chat.consumers import ChatConsumer
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, ToolCall
 from chat.routing import websocket_urlpatterns
 
 PASSWORD = "correct-horse-battery-9"
@@ -64,6 +64,9 @@ class World:
         self.other_answer = Message.objects.create(conversation=self.conv, parent=self.question, role="assistant",
                                                    content=SECRET + " other branch", status="done",
                                                    model_name="smollm2-135m")
+        # A tool call of Alice's waiting for her Approve or Deny.
+        self.call = ToolCall.objects.create(message=self.answer, index=0, call_id="call_secret", name="calculator",
+                                            arguments=f'{{"expression": "{SECRET}"}}', status="awaiting")
         self.conv.current_leaf = self.answer
         self.conv.save(update_fields=["current_leaf"])
         self.key, self.alice_raw_key = ApiKey.create_for(self.alice, SECRET)
@@ -94,7 +97,8 @@ class World:
     def snapshot(self):
         """Every row of Alice's, field by field: a refused request must leave it all as it was."""
         rows = []
-        for model, owner in [(Conversation, "owner"), (Message, "conversation__owner"), (ApiKey, "user"),
+        for model, owner in [(Conversation, "owner"), (Message, "conversation__owner"),
+                             (ToolCall, "message__conversation__owner"), (ApiKey, "user"),
                              (BatchFile, "owner"), (Batch, "owner"), (BatchLine, "batch__owner")]:
             for obj in model.objects.filter(**{owner: self.alice}).order_by("pk"):
                 fields = model_to_dict(obj)
@@ -251,6 +255,8 @@ WS_ACTIONS = {
     "regenerate": lambda w: {"action": "regenerate", "message": w.answer.pk},
     "edit": lambda w: {"action": "edit", "message": w.question.pk, "content": "bob was here"},
     "stop": lambda w: {"action": "stop"},
+    "approve": lambda w: {"action": "approve", "call": w.call.pk},
+    "deny": lambda w: {"action": "deny", "call": w.call.pk},
 }
 
 
@@ -321,6 +327,25 @@ async def test_another_users_message_ids_on_your_own_socket(action, settings):
         from inference import stop
 
         assert not stop.is_stop_requested(str(world.answer.pk))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@pytest.mark.parametrize("action", ["approve", "deny"])
+async def test_another_users_tool_call_on_their_socket_is_decided_by_them_only(action):
+    """The control for approve and deny: Alice, on her own chat's socket, decides her call (so the
+    refusal above is about whose call it is); Bob's socket to her chat is closed before any frame."""
+    world = await database_sync_to_async(World)()
+    comm = await _socket(world.conv.pk, world.bob)
+    assert await _frames_until_quiet(comm) == [{"type": "close", "code": 4403}]
+    comm = await _socket(world.conv.pk, world.alice)
+    await comm.send_json_to(WS_ACTIONS[action](world))
+    frames = await _frames_until_quiet(comm)
+    assert "error" not in [f["type"] for f in frames], frames
+    call = await database_sync_to_async(ToolCall.objects.get)(pk=world.call.pk)
+    # (Her answer is no chat tool loop's, so an approved call is left queued, not run.)
+    assert call.status == ("pending" if action == "approve" else "denied")
+    await comm.disconnect()
 
 
 # ---- the admin -------------------------------------------------------------------------------
