@@ -235,7 +235,7 @@ def decide(conversation_id, call_pk, approve):
         if call is None:
             raise DecisionError("No such tool call in this chat.")
         if call.status != ToolCall.Status.AWAITING:
-            raise DecisionError(f"That call is {call.get_status_display()} already: nothing to decide.")
+            raise DecisionError(f"That call is {call.status} already: nothing to decide.")
         now = timezone.now()
         if approve:
             ToolCall.objects.filter(pk=call.pk).update(status=ToolCall.Status.PENDING, updated_at=now)

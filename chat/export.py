@@ -174,7 +174,7 @@ def conversation_markdown(conv, include_text=True, messages=None):
         if not include_text:
             lines.append(WITHHELD)
             for c in calls.get(m.id, []):
-                lines += ["", f"- Tool call **{c.name}**: {c.get_status_display()}{_took(c)}"]
+                lines += ["", f"- Tool call **{c.name}**: {c.status}{_took(c)}"]
             continue
         if m.reasoning:
             lines += ["<details><summary>Thinking</summary>", "", m.reasoning, "", "</details>", ""]
@@ -182,7 +182,7 @@ def conversation_markdown(conv, include_text=True, messages=None):
         if m.content or not asked:
             lines.append(m.content if m.content else "_(empty)_")
         for c in asked:
-            lines += ["", f"**Tool call: {c.name}** ({c.get_status_display()}{_took(c)})", "", "Arguments:", "",
+            lines += ["", f"**Tool call: {c.name}** ({c.status}{_took(c)})", "", "Arguments:", "",
                       _fenced(c.arguments)]
             if c.output:
                 lines += ["", "Result:", "", _fenced(c.output)]

@@ -161,6 +161,13 @@ async def test_a_call_runs_and_the_answer_continues_with_its_result(loaded_regis
     last = rows[-1]
     assert all(r.status == "done" for r in rows)
     assert (await db(calls_of, last.pk)) == [] or last.options.get("tool_note")
+    # The usage ledger counts each generation's calls.
+    from usage.models import UsageRecord
+
+    ledger = await db(lambda: dict(UsageRecord.objects.filter(message__conversation_id=conv.pk)
+                                   .values_list("message_id", "tool_calls")))
+    assert ledger[first] == len(calls)
+    assert sum(ledger.values()) == await db(ToolCall.objects.filter(message__conversation_id=conv.pk).count)
     # This tab saw the cards and was moved on to the next answer.
     frames = await receive_until(comm, lambda f: f["type"] == "final" and f["message"] == last.pk, frames)
     tools_frames = [f for f in frames if f["type"] == "tools" and f["message"] == first]
@@ -421,3 +428,35 @@ async def test_a_chat_without_tools_sends_none(loaded_registry, tools_plugin):
     conv = await db(Conversation.objects.get, pk=conv.pk)
     options = agent.options_for(conv, 0)
     assert [t["name"] for t in options["tools"]] == ["calculator"]
+
+
+# ---- exports ------------------------------------------------------------------------------------
+
+@database_sync_to_async
+def exported():
+    from chat import export
+
+    user = get_user_model().objects.create_user("mo", password="pw-123456789")
+    conv = Conversation.objects.create(owner=user, model="smollm2-135m", tools=["calculator"])
+    question = Message.objects.create(conversation=conv, role="user", content="What is 2 + 2?")
+    answer = Message.objects.create(conversation=conv, parent=question, role="assistant", status="done",
+                                    finish_reason="tool_calls", options={"tool_round": 0})
+    ToolCall.objects.create(message=answer, call_id="call_x", name="calculator", arguments='{"expression": "2 + 2"}',
+                            output="4", status="ok", duration=0.5)
+    conv.current_leaf = answer
+    conv.save()
+    return (export.conversation_json(conv), export.conversation_markdown(conv),
+            export.conversation_json(conv, include_text=False), export.conversation_markdown(conv, include_text=False))
+
+
+async def test_exports_hold_the_calls_and_results():
+    data, markdown, bare, bare_markdown = await exported()
+    call = data["messages"][1]["tool_calls"][0]
+    assert call["name"] == "calculator" and call["status"] == "ok" and call["duration"] == 0.5
+    assert call["arguments"] == '{"expression": "2 + 2"}' and call["output"] == "4"
+    assert data["settings"]["tools"] == ["calculator"]
+    assert "**Tool call: calculator** (ok, 0.50 s)" in markdown and '{"expression": "2 + 2"}' in markdown
+    # Without text: the name and status only.
+    call = bare["messages"][1]["tool_calls"][0]
+    assert call["arguments"] is None and call["output"] is None and call["status"] == "ok"
+    assert "2 + 2" not in bare_markdown and "Tool call **calculator**: ok" in bare_markdown

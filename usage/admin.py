@@ -26,7 +26,7 @@ class UserQuotaAdmin(admin.ModelAdmin):
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
     list_display = ["created_at", "user", "source", "key_name", "model", "status", "prompt_tokens", "cached_tokens",
-                    "completion_tokens", "total_tokens"]
+                    "completion_tokens", "total_tokens", "tool_calls"]
     list_filter = ["source", "model", "status", "created_at", ("user", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["user__username", "key_name", "model"]
     date_hierarchy = "created_at"
@@ -49,6 +49,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
         response.context_data["totals"] = list(
             queryset.order_by().values("user__username", "model")
             .annotate(generations=Count("id"), prompt=Sum("prompt_tokens"), cached=Sum("cached_tokens"),
-                      completion=Sum("completion_tokens"), total=Sum("total_tokens"))
+                      completion=Sum("completion_tokens"), total=Sum("total_tokens"),
+                      tool_calls=Sum("tool_calls"))
             .order_by("user__username", "model"))
         return response

@@ -34,7 +34,8 @@ def record(message_id, result, now=None, fallback=None):
     completion = result.completion_tokens or 0
     defaults = dict(
         who, status=result.status, prompt_tokens=prompt, cached_tokens=result.cached_tokens or 0,
-        completion_tokens=completion, total_tokens=prompt + completion, created_at=now or timezone.now())
+        completion_tokens=completion, total_tokens=prompt + completion, tool_calls=len(result.tool_calls or []),
+        created_at=now or timezone.now())
     if message is None:
         from django.contrib.auth import get_user_model
 
