@@ -16,7 +16,7 @@ from inference.workers import alive_workers
 
 from . import actions, limits
 from .forms import ModelForm, RenameForm, SettingsForm
-from .models import Conversation, Message
+from .models import Conversation, Message, ToolCall
 from .rendering import conversation_features, thread_context
 from .sidebar import clean_query, sidebar_context
 
@@ -239,6 +239,9 @@ def branch(request, pk):
     if actions.active_message(conv.pk) is not None:
         return HttpResponse("An answer is still being generated: wait for it or press Stop before switching versions.",
                             status=409, content_type="text/plain; charset=utf-8")
+    if ToolCall.objects.filter(message__conversation_id=conv.pk, status__in=ToolCall.BUSY).exists():
+        return HttpResponse("A tool call is still running or waiting for you: let it finish, or press Stop, before "
+                            "switching versions.", status=409, content_type="text/plain; charset=utf-8")
     try:
         actions.switch_branch(conv.pk, message_id)
     except actions.ActionError as exc:

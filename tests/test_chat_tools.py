@@ -115,6 +115,12 @@ async def settled(conv_id, timeout=WAIT):
             await asyncio.sleep(0.2)
 
 
+def client_post_branch(user, conv_id, message_id):
+    client = Client()
+    client.force_login(user)
+    return client.post(f"/c/{conv_id}/branch/", {"message": str(message_id)}, HTTP_HX_REQUEST="true")
+
+
 def answers(conv_id):
     return list(Message.objects.filter(conversation_id=conv_id, role="assistant").order_by("id"))
 
@@ -217,6 +223,8 @@ async def test_approve_runs_the_call_and_the_loop_goes_on(loaded_registry, tools
     assert len(await db(answers, conv.pk)) == 1
     with pytest.raises(actions.ActionError, match="approve or deny"):
         await db(actions.send, conv.pk, "another question")
+    response = await db(client_post_branch, user, conv.pk, first)
+    assert response.status_code == 409 and b"waiting for you" in response.content
     # A reload shows the waiting card with its buttons.
     client = Client()
     await db(client.force_login, user)
