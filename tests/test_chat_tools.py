@@ -468,3 +468,46 @@ async def test_exports_hold_the_calls_and_results():
     call = bare["messages"][1]["tool_calls"][0]
     assert call["arguments"] is None and call["output"] is None and call["status"] == "ok"
     assert "2 + 2" not in bare_markdown and "Tool call **calculator**: ok" in bare_markdown
+
+
+# ---- the reaper ---------------------------------------------------------------------------------
+
+@database_sync_to_async
+def stuck_loop():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chat import reaper
+
+    user = get_user_model().objects.create_user("nell", password="pw-123456789")
+    conv = Conversation.objects.create(owner=user, model="smollm2-135m", tools=["calculator"])
+    question = Message.objects.create(conversation=conv, role="user", content="What is 2 + 2?")
+    long_ago = timezone.now() - timedelta(hours=1)
+
+    def answer(parent, status):
+        m = Message.objects.create(conversation=conv, parent=parent, role="assistant", status="done",
+                                   finish_reason="tool_calls", options={"tool_round": 0}, finished_at=long_ago)
+        call = ToolCall.objects.create(message=m, call_id=f"call_{m.pk}", name="calculator", status=status,
+                                       arguments="{}", output="4" if status == "ok" else "", updated_at=long_ago)
+        return m, call
+
+    running_answer, running = answer(question, "running")  # its worker died while the tool ran
+    lost_answer, finished = answer(question, "ok")  # its worker died before the next answer
+    waiting_answer, waiting = answer(question, "awaiting")  # waits for the user: left alone
+    fresh_answer, fresh = answer(question, "pending")
+    ToolCall.objects.filter(pk=fresh.pk).update(updated_at=timezone.now())  # just approved: left alone
+    reaper.reap()
+    return ({c.pk: (c.status, c.output) for c in ToolCall.objects.filter(message__conversation=conv)},
+            {m.pk: (m.options or {}).get("tool_note", "") for m in Message.objects.filter(conversation=conv)},
+            running, finished, waiting, fresh, lost_answer, running_answer)
+
+
+async def test_the_reaper_ends_stuck_calls_and_notes_a_lost_loop():
+    calls, notes, running, finished, waiting, fresh, lost_answer, running_answer = await stuck_loop()
+    assert calls[running.pk] == ("error", "The tool did not finish: the worker running it stopped.")
+    assert calls[finished.pk] == ("ok", "4")
+    assert calls[waiting.pk][0] == "awaiting" and calls[fresh.pk][0] == "pending"
+    assert "did not go on after the tools" in notes[lost_answer.pk]
+    # Its call ended as an error only now: its loop is not noted until that too is old.
+    assert notes[running_answer.pk] == ""
