@@ -64,9 +64,9 @@ class World:
         self.other_answer = Message.objects.create(conversation=self.conv, parent=self.question, role="assistant",
                                                    content=SECRET + " other branch", status="done",
                                                    model_name="smollm2-135m")
-        # A tool call of Alice's waiting for her Approve or Deny.
+        # A tool call of Alice's (the approve and deny probes make it wait for her decision).
         self.call = ToolCall.objects.create(message=self.answer, index=0, call_id="call_secret", name="calculator",
-                                            arguments=f'{{"expression": "{SECRET}"}}', status="awaiting")
+                                            arguments=f'{{"expression": "{SECRET}"}}', output=SECRET, status="ok")
         self.conv.current_leaf = self.answer
         self.conv.save(update_fields=["current_leaf"])
         self.key, self.alice_raw_key = ApiKey.create_for(self.alice, SECRET)
@@ -314,6 +314,8 @@ async def test_another_users_message_ids_on_your_own_socket(action, settings):
     if action == "stop":
         # Alice's answer is streaming; Bob's stop on his own idle chat must not reach it.
         await database_sync_to_async(Message.objects.filter(pk=world.answer.pk).update)(status="streaming")
+    if action in ("approve", "deny"):
+        await database_sync_to_async(ToolCall.objects.filter(pk=world.call.pk).update)(status="awaiting")
     before = await database_sync_to_async(world.snapshot)()
     comm = await _socket(mine.pk, world.bob)
     await comm.send_json_to(WS_ACTIONS[action](world))
@@ -336,6 +338,7 @@ async def test_another_users_tool_call_on_their_socket_is_decided_by_them_only(a
     """The control for approve and deny: Alice, on her own chat's socket, decides her call (so the
     refusal above is about whose call it is); Bob's socket to her chat is closed before any frame."""
     world = await database_sync_to_async(World)()
+    await database_sync_to_async(ToolCall.objects.filter(pk=world.call.pk).update)(status="awaiting")
     comm = await _socket(world.conv.pk, world.bob)
     assert await _frames_until_quiet(comm) == [{"type": "close", "code": 4403}]
     comm = await _socket(world.conv.pk, world.alice)
