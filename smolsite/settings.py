@@ -281,6 +281,7 @@ SMOLSITE_MAX_MESSAGE_CHARS = int(os.environ.get("SMOLSITE_MAX_MESSAGE_CHARS", "3
 SMOLSITE_MAX_TOOL_ROUNDS = int(os.environ.get("SMOLSITE_MAX_TOOL_ROUNDS", "4"))
 SMOLSITE_TOOL_TIMEOUT = float(os.environ.get("SMOLSITE_TOOL_TIMEOUT", "10"))
 SMOLSITE_TOOL_MAX_OUTPUT = int(os.environ.get("SMOLSITE_TOOL_MAX_OUTPUT", "8000"))
+SMOLSITE_TOOL_WORKERS = int(os.environ.get("SMOLSITE_TOOL_WORKERS", "8"))
 # A streaming message whose worker has not written for this long is marked interrupted.
 # (A dead worker is noticed sooner, by its missing heartbeat; this catches a live but stuck one,
 # so it must be longer than the slowest prefill: 8k tokens of a 3B model on CPU take minutes.)
