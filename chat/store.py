@@ -131,7 +131,8 @@ class MessageStore(JobStore):
                 ledger.record(job_id, result, now=now, fallback=payer)
                 return False
             Conversation.objects.filter(messages__pk=job_id).update(updated_at=now)
-            save_tool_calls(job_id, result.tool_calls, self._call_status(job_id, result))
+            if result.tool_calls:
+                save_tool_calls(job_id, result.tool_calls, self._call_status(job_id, result))
             # The usage ledger: once per generation, in the transaction that ends it (so its
             # reserved tokens and its used tokens are never both, or neither, counted).
             ledger.record(job_id, result, now=now)

@@ -136,7 +136,7 @@ def test_a_token_quota_fails_the_line_and_the_ledger_says_batch(user, enqueued):
     MessageStore().finish(enqueued[0], SimpleNamespace(
         text="hi", reasoning="", status="done", error="", prompt_tokens=4, completion_tokens=2, cached_tokens=0,
         ttft=0.1, tokens_per_second=10.0, reasoning_seconds=None, dropped_turns=0, finish_reason="stop",
-        backend="echo", seq=2))
+        backend="echo", seq=2, tool_calls=[]))
     assert UsageRecord.objects.get(message_id=enqueued[0]).source == "batch"
     service.advance(batch)
     batch.refresh_from_db()

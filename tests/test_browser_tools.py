@@ -123,14 +123,16 @@ def wait_card_ran(page, server, call_id):
     return stored
 
 
-def wait_turn_over(page, server, conv_id):
-    """The loop's last answer is final on the page, and the page no longer shows Stop."""
-    page.wait_for_function("""() => {
+def wait_turn_over(page, server, conv_id, after=0):
+    """The loop's last answer (one made after message ``after``: the loop's next answer is made a
+    moment after a decision) is final on the page, and the page no longer shows Stop."""
+    page.wait_for_function("""after => {
         const chat = document.getElementById('chat');
         const msgs = [...document.querySelectorAll('#thread .msg-assistant')];
         const last = msgs[msgs.length - 1];
-        return last && !chat.hasAttribute('data-generating') && last.querySelector('.content.markdown');
-    }""")
+        return last && Number(last.dataset.message) > after && !chat.hasAttribute('data-generating')
+            && last.querySelector('.content.markdown');
+    }""", arg=after)
     stored = answers(server, conv_id)
     assert all(r["status"] == "done" for r in stored)
     return stored
@@ -144,7 +146,7 @@ def test_calculator_card_final_answer_and_reload_mid_loop(page, server):
     page.wait_for_selector(f"#msg-{first} .tool-call", state="attached")
     page.reload()
     page.wait_for_selector(f"#msg-{first} .tool-call", state="attached")
-    stored = wait_turn_over(page, server, conv_id)
+    stored = wait_turn_over(page, server, conv_id, after=first)
     page.screenshot(path=ARTIFACTS / "tools-01-answer.png")
     calls = calls_of(server, first)
     assert calls and calls[0]["name"] == "calculator" and calls[0]["status"] in ("ok", "error")
@@ -182,7 +184,7 @@ def test_approve_deny_and_stop(page, server):
     page.click(f"[data-approve='{call['id']}']")
     ran = wait_card_ran(page, server, call["id"])
     assert ran["duration"] is not None and ran["output"]
-    stored = wait_turn_over(page, server, conv_id)
+    stored = wait_turn_over(page, server, conv_id, after=first)
     assert any(r["parent_id"] == first for r in stored)
 
     # Deny: recorded as denied, and the model is told and goes on.
@@ -191,7 +193,7 @@ def test_approve_deny_and_stop(page, server):
     call = calls_of(server, second)[0]
     page.click(f"[data-deny='{call['id']}']")
     wait_card_status(page, call["id"], "denied")
-    stored = wait_turn_over(page, server, conv_id)
+    stored = wait_turn_over(page, server, conv_id, after=second)
     assert calls_of(server, second)[0]["status"] == "denied"
     assert any(r["parent_id"] == second for r in stored)
 
