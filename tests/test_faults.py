@@ -161,7 +161,7 @@ def test_redis_restarted_mid_stream_loses_no_message(scaled_up, private_redis):
     finishes or ends visibly, with its text saved, the tab that was open hears the end (itself or
     after reconnecting), and the next message is answered without anyone restarting anything."""
     stack = scaled_up
-    person = stack.make_person("redis-restart", max_tokens=160)
+    person = stack.make_person("redis-restart", max_tokens=600)
 
     async def scenario():
         async with asyncio.timeout(DEADLINE):
@@ -203,7 +203,7 @@ def test_web_process_restarted_mid_generation_the_answer_finishes(scaled_up):
     stop it. It finishes and is saved, and a tab reconnecting to the restarted web process gets the
     whole answer with no gap and no duplicate."""
     stack = scaled_up
-    person = stack.make_person("web-restart", max_tokens=160)
+    person = stack.make_person("web-restart", max_tokens=600)
 
     async def scenario():
         async with asyncio.timeout(DEADLINE):
@@ -317,7 +317,7 @@ def test_postgres_unavailable_for_a_few_seconds(tmp_path, private_postgres, defa
     pg = private_postgres
     stack = Stack(tmp_path, default_model_path, database_url=pg.create_database()).start()
     try:
-        person = stack.make_person("outage", max_tokens=160)
+        person = stack.make_person("outage", max_tokens=600)
         cookie = {"Cookie": f"sessionid={person['session']}"}
 
         async def scenario():
