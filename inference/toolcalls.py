@@ -15,6 +15,8 @@ the model opens a call (``plugins.llama_cpp.sampling.CallTrigger``).
 import json
 import re
 
+from .tags import partial_tag
+
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 THINK_CLOSE = "</think>"
 
@@ -84,14 +86,6 @@ def template_messages(messages, native):
     return out
 
 
-def _partial(text, tag):
-    """Length of the longest proper prefix of ``tag`` that ``text`` ends with."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
-
-
 class CallSplitter:
     """A stream filter: answer text up to the first ``<tool_call>`` stays "text"; from there on
     everything is "tool" (the calls, raw), which ``parse`` and ``CallStream`` read. So no
@@ -109,7 +103,7 @@ class CallSplitter:
         if at >= 0:
             self.calling = True
             return [(kind, part) for kind, part in (("text", buf[:at]), ("tool", buf[at:])) if part]
-        keep = _partial(buf, OPEN)
+        keep = partial_tag(buf, OPEN)
         self.held = buf[len(buf) - keep:] if keep else ""
         return [("text", buf[:len(buf) - keep])] if len(buf) > keep else []
 
@@ -268,12 +262,12 @@ class Trigger:
         if self.state == "thinking":
             at = buf.find(THINK_CLOSE)
             if at < 0:
-                self.tail = buf[len(buf) - _partial(buf, THINK_CLOSE):]
+                self.tail = buf[len(buf) - partial_tag(buf, THINK_CLOSE):]
                 return None
             self.state, buf = "answer", buf[at + len(THINK_CLOSE):]
         at = buf.find(OPEN)
         if at >= 0:
             self.state = "fired"
             return buf[at:]
-        self.tail = buf[len(buf) - _partial(buf, OPEN):]
+        self.tail = buf[len(buf) - partial_tag(buf, OPEN):]
         return None

@@ -14,18 +14,12 @@ Rules (``tests/test_thinking_parser.py`` checks them for arbitrary text and chun
 * The two tags are recognised however the text is cut into chunks; at most
   ``len("</think>") - 1`` characters are held back while a tag may be starting.
 """
+from inference.tags import partial_tag
+
 OPEN = "<think>"
 CLOSE = "</think>"
 
 _START, _REASONING, _AFTER_CLOSE, _ANSWER = range(4)
-
-
-def _partial_tag(text, tag):
-    """Length of the longest proper prefix of ``tag`` that ``text`` ends with."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
 
 
 class ThinkParser:
@@ -54,7 +48,7 @@ class ThinkParser:
                     _emit(out, "reasoning", buf[:end])
                     buf, self._state = buf[end + len(CLOSE):], _AFTER_CLOSE
                 else:
-                    keep = _partial_tag(buf, CLOSE)
+                    keep = partial_tag(buf, CLOSE)
                     _emit(out, "reasoning", buf[:len(buf) - keep])
                     self._held, buf = buf[len(buf) - keep:], ""
             elif self._state == _AFTER_CLOSE:
