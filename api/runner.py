@@ -16,6 +16,7 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import transaction
+from django.utils import timezone
 
 from chat import actions
 from chat.models import Conversation, Message, ToolCall
@@ -30,12 +31,17 @@ logger = logging.getLogger(__name__)
 SILENCE_SECONDS = 2.0  # with no event this long, look at the rows
 
 
-def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tokens=None):
+def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tokens=None, *, after=None, turns=None,
+                options=None, move_leaf=True):
     """The conversation, its input turns and one pending answer per choice; returns
     (conversation id, [answer ids in choice order]). Raises usage.quotas.QuotaExceeded, and
     ApiError for a prompt too long for the context or too many messages (before any row).
     Batches pass ``source="batch"``, ``priority="background"`` and, without a key, ``user_id``.
     ``prompt_tokens``: what api.prompt_size.check(plan) returned, when the caller measured already.
+    ``after``: an existing message of the user's to hang ``turns`` (the plan's new turns; the ones
+    before them are that branch's) and the answers under, in its conversation, as a next turn there
+    (a Responses chain); ``options``: more options for each answer; ``move_leaf``: show the new answer
+    in the conversation (False: the branch shown stays, as for a response that is not kept).
 
     Each answer holds back its prompt's tokens as well as its max tokens until the ledger has
     the real count: holding back only max tokens let twenty 6,000-token prompts with
@@ -45,21 +51,29 @@ def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tok
         prompt_tokens = prompt_size.check(plan)
     # Choice order: each prompt (one for chat) n times.
     holds = [plan.max_tokens + prompt_tokens[i // plan.n] for i in range(plan.choices)]
+    options_extra = options or {}
     with transaction.atomic():
         reserve(user_id, sum(holds), count=plan.choices)
-        if plan.kind == "chat":
+        top = None
+        if after is not None:
+            top = Message.objects.select_related("conversation").get(pk=after, conversation__owner_id=user_id)
+            conv, groups = top.conversation, [turns if turns is not None else plan.turns]
+            # The conversation's switch is what the worker reads (chat.store.claim): the newest turn's.
+            Conversation.objects.filter(pk=conv.pk).update(thinking=plan.thinking, updated_at=timezone.now())
+        elif plan.kind == "chat":
             groups = [plan.turns]
             title_text = next((t["content"] for t in reversed(plan.turns) if t["role"] == "user"), "") or "API request"
         else:
             groups = [[{"role": "user", "content": p, "reasoning": ""}] for p in plan.prompts]
             title_text = plan.prompts[0] or "API completion"
-        conv = Conversation.objects.create(
-            owner_id=user_id, api_key=key, source=source, model=plan.model,
-            title=actions.title_from(title_text) or "API request", system_prompt=plan.system_prompt,
-            temperature=plan.temperature, top_p=plan.top_p, max_tokens=plan.max_tokens, thinking=plan.thinking)
+        if top is None:
+            conv = Conversation.objects.create(
+                owner_id=user_id, api_key=key, source=source, model=plan.model,
+                title=actions.title_from(title_text) or "API request", system_prompt=plan.system_prompt,
+                temperature=plan.temperature, top_p=plan.top_p, max_tokens=plan.max_tokens, thinking=plan.thinking)
         replies = []
         for turns in groups:
-            parent = None
+            parent = top
             for turn in turns:
                 if turn["role"] == "tool":
                     _answer_call(parent, turn)  # a result is kept with the call it answers
@@ -91,11 +105,13 @@ def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tok
                     options["messages"] = plan.exact_messages
                 if plan.user:
                     options["user"] = plan.user
+                options.update(options_extra)
                 replies.append(Message.objects.create(
                     conversation=conv, parent=parent, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
                     model_name=plan.model, reserved_tokens=holds[len(replies)], options=options))
-        conv.current_leaf = replies[0]
-        conv.save(update_fields=["current_leaf"])
+        if move_leaf:
+            conv.current_leaf = replies[0]
+            conv.save(update_fields=["current_leaf"])
         return conv.pk, [r.pk for r in replies]
 
 
@@ -141,8 +157,9 @@ class Run:
     ("queue", choice, requests ahead), ("idle", None, None) after a silence and ("done", choice,
     None) items, ending when every choice is done."""
 
-    def __init__(self, conversation_id, message_ids, model):
+    def __init__(self, conversation_id, message_ids, model, affinity=""):
         self.conversation_id = conversation_id
+        self.affinity = affinity  # the worker that holds the conversation's tokens (scaled out)
         self.choices = [Choice(i, mid) for i, mid in enumerate(message_ids)]
         self.by_id = {c.message_id: c for c in self.choices}
         self.model = model
@@ -161,7 +178,7 @@ class Run:
         for choice in self.choices:
             try:
                 pinned = await sync_to_async(dispatch.enqueue, thread_sensitive=False)(
-                    str(choice.message_id), self.model, loop)
+                    str(choice.message_id), self.model, loop, affinity=self.affinity)
                 if pinned:
                     await database_sync_to_async(actions.mark_routed)(choice.message_id, pinned)
             except Exception as exc:
