@@ -70,7 +70,8 @@ def _model_entry(model):
         features = []
     return {"id": model.name, "object": "model", "created": 0, "owned_by": "smolsite",
             "smolsite": {"features": features, "thinking": "thinking" in features, "context_length": model.n_ctx,
-                         "device": model.device, "backend": model.backend or "llama_cpp"}}
+                         "device": model.device, "backend": model.backend or "llama_cpp",
+                         **({"served_by": model.options["served_by"]} if "served_by" in model.options else {})}}
 
 
 @api_view("GET")

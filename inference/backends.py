@@ -83,12 +83,14 @@ class Queued:
 
 @dataclass
 class Finish:
-    # "stop" (end of turn or stop string), "length" (max_tokens), "stopped" (user) or "error"
+    # "stop" (end of turn or stop string), "length" (max_tokens), "stopped" (user), "error", or
+    # "interrupted" (the engine went away mid-answer, e.g. a remote server died: the text so far stays)
     reason: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens served from kept state, not prefilled
-    error: str = ""  # with reason "error": what went wrong, in words for the user
+    error: str = ""  # with reason "error" or "interrupted": what went wrong, in words for the user
+    backend: str = ""  # who answered, when the backend hands requests on (e.g. "openai_upstream:gpu-1")
 
 
 Chunk = Union[Delta, Queued, Finish]

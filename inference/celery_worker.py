@@ -8,7 +8,7 @@ from celery.signals import worker_init, worker_process_init, worker_shutdown
 from .devices import available_devices
 from .registry import get_registry
 from .routing import direct_queue
-from .workers import EngineReporter, Heartbeat, make_worker_id
+from .workers import EngineReporter, Heartbeat, make_worker_id, plugin_devices
 from .worker_state import set_process_worker_id
 
 logger = logging.getLogger(__name__)
@@ -24,19 +24,29 @@ def start_worker_process():
     if _heartbeat is not None:
         return
     dev = device()
+    plugin = plugin_devices().get(dev)  # a plugin's device (hook register_devices): nothing to load
     try:
-        if dev not in available_devices():
+        if plugin is not None:
+            if plugin.start is not None:
+                plugin.start()
+        elif dev not in available_devices():
             raise RuntimeError(f"this llama.cpp build cannot use device {dev!r} "
                                f"(available: {', '.join(available_devices())})")
-        get_registry().load_device(dev)
+        else:
+            get_registry().load_device(dev)
     except Exception as exc:
         logger.critical("device worker %s cannot load its models: %s", dev, exc)
         print(f"smolsite: device worker {dev!r} cannot load its models: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(3)
     worker_id = make_worker_id(dev)
     set_process_worker_id(worker_id)
-    _heartbeat = Heartbeat(worker_id, dev, get_registry().loaded_models,
-                           lambda: {"queue": direct_queue(worker_id), **get_registry().occupancy()}).start()
+    if plugin is not None:
+        _heartbeat = Heartbeat(worker_id, dev, plugin.serving,
+                               lambda: {"queue": direct_queue(worker_id), **(plugin.details() if plugin.details else {})}
+                               ).start()
+    else:
+        _heartbeat = Heartbeat(worker_id, dev, get_registry().loaded_models,
+                               lambda: {"queue": direct_queue(worker_id), **get_registry().occupancy()}).start()
     EngineReporter(worker_id, get_registry().stats, get_registry().forget_users).start()
     logger.info("device worker %s ready with %s", worker_id, get_registry().loaded_models())
 

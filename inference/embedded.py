@@ -17,7 +17,7 @@ from django.db import connections
 
 from .registry import get_registry
 from .publish import set_thread_loop
-from .workers import EngineReporter, Heartbeat, make_worker_id
+from .workers import EngineReporter, Heartbeat, make_worker_id, plugin_devices
 from .worker_state import set_thread_worker_id
 
 logger = logging.getLogger(__name__)
@@ -80,8 +80,9 @@ def job_pool(device):
 class EmbeddedWorker:
     """Thread mode: loads the device's models into this process's model registry, then runs jobs."""
 
-    def __init__(self, device):
+    def __init__(self, device, plugin=None):
         self.device = device
+        self.plugin = plugin  # an inference.workers.PluginDevice: its models come from a plugin
         self.worker_id = make_worker_id(device) + ":embedded"
         self.jobs = queue.Queue()
         self.ready = threading.Event()
@@ -100,6 +101,8 @@ class EmbeddedWorker:
         pass  # the stop flag is in this process's cache already
 
     def _run(self):
+        if self.plugin is not None:
+            return self._run_plugin()
         try:
             get_registry().load_device(self.device, keep_going=True)
         except Exception as exc:
@@ -118,6 +121,25 @@ class EmbeddedWorker:
         pool.shutdown()
         self.heartbeat.stop()
 
+    def _run_plugin(self):
+        """A plugin's device (hook ``register_devices``): nothing to load; its threads wait on I/O."""
+        spec = self.plugin
+        try:
+            if spec.start is not None:
+                spec.start()
+        except Exception:
+            logger.exception("device %s: the plugin's start failed", self.device)
+        self.heartbeat = Heartbeat(self.worker_id, self.device, spec.serving, spec.details).start()
+        self.ready.set()
+        pool = JobPool(spec.threads or settings.SMOLSITE_WORKER_THREADS, f"smolsite-job-{self.device}")
+        while True:
+            job_id, loop = self.jobs.get()
+            if job_id is None:
+                break
+            pool.submit(run_embedded_job, job_id, self.worker_id, loop)
+        pool.shutdown()
+        self.heartbeat.stop()
+
     def stop(self):
         self.jobs.put((None, None))
         self.thread.join(timeout=30)
@@ -127,9 +149,13 @@ def get_worker(device, start=True):
     """The device's worker; without a served start-up, a thread worker started on first use."""
     with _lock:
         worker = _workers.get(device)
-        if worker is None and start:
-            worker = _workers[device] = EmbeddedWorker(device).start()
-        return worker
+    if worker is None and start:
+        plugin = plugin_devices().get(device)
+        with _lock:
+            worker = _workers.get(device)
+            if worker is None:
+                worker = _workers[device] = EmbeddedWorker(device, plugin).start()
+    return worker
 
 
 def forward_stop(job_id):
@@ -148,7 +174,12 @@ def start_all(mode=None, on_worker_lost=None):
     mode = mode or settings.SMOLSITE_WORKER_MODE
     if mode not in MODES:
         raise ImproperlyConfigured(f"SMOLSITE_WORKER_MODE must be one of {', '.join(MODES)}, not {mode!r}")
-    for device in sorted({m.device for m in all_models()}):
+    plugins = plugin_devices()
+    for device, spec in sorted(plugins.items()):
+        with _lock:  # I/O only (hook register_devices): a thread pool here, in either mode
+            if device not in _workers:
+                _workers[device] = EmbeddedWorker(device, spec).start()
+    for device in sorted({m.device for m in all_models()} - set(plugins)):
         with _lock:
             if device in _workers:
                 continue

@@ -81,6 +81,12 @@ def readyz(request):
         failed = [f"{w['id']}: {w['error']}" for w in alive_workers() if not w.get("models") and w.get("error")]
         if failed:
             checks["workers"]["error"] += " (" + "; ".join(failed) + ")"
+    # Models a plugin's worker cannot serve now (an upstream down), with why: for staff, not readiness.
+    unavailable = {}
+    for w in alive_workers():
+        unavailable.update(w.get("unavailable") or {})
+    if unavailable:
+        checks["workers"]["unavailable"] = unavailable
     ready = all(c["ok"] for c in checks.values())
     if probe_access(request) != GRANTED:
         # Anonymous: only whether each check passed (no ids, host names or exception text).

@@ -80,3 +80,18 @@ def register_tools():
     server on a thread of its own, with a time limit, as the chat's owner (``context.user_id``).
     A tool with a bad name or schema, or a name another plugin took first, is skipped with a
     logged warning."""
+
+
+@hookspec
+def register_models():
+    """Return a list of ``inference.models.ModelConfig`` served besides SMOLSITE_MODELS (models found
+    at run time, e.g. on upstream servers). Called by every ``all_models()``: read a cache, never the
+    network. Names already taken are ignored. A backend class with ``load_on_demand = True`` is made
+    at its model's first request (and again when the model's options change)."""
+
+
+@hookspec
+def register_devices():
+    """Return a list of ``inference.workers.PluginDevice``: devices whose worker a plugin describes
+    (its models now served, background work to start, heartbeat details, threads). Embedded, such a
+    worker is a thread pool of the web process (I/O only); scaled out, ``make worker DEVICE=<name>``."""

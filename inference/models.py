@@ -1,10 +1,13 @@
 """The configured models (settings.SMOLSITE_MODELS): name -> path, context size, threads, device."""
+import logging
 import threading
 from dataclasses import dataclass, field
 
 from django.conf import settings
 
 from .gguf_info import GGUFError, read_gguf_info
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,28 @@ _KNOWN = {"path", "n_ctx", "threads", "device", "backend"}
 
 
 def all_models():
+    """SMOLSITE_MODELS, then the models plugins serve (hook ``register_models``)."""
+    return _configured() + _from_plugins()
+
+
+def _from_plugins():
+    from .plugins import get_plugin_manager
+
+    taken, found = set(settings.SMOLSITE_MODELS), []
+    try:
+        results = get_plugin_manager().hook.register_models()
+    except Exception:  # a plugin's failure never hides the configured models
+        logger.exception("a plugin's register_models failed")
+        return []
+    for models in results:
+        for model in models or []:
+            if model.name not in taken:
+                taken.add(model.name)
+                found.append(model)
+    return found
+
+
+def _configured():
     return [
         ModelConfig(
             name=name,

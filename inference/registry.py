@@ -69,10 +69,32 @@ class ModelRegistry:
             raise BackendError(f"no models are configured for device {device!r}")
         self.load(models, keep_going=keep_going)
 
+    def _on_demand(self, model_name, backend):
+        """A backend whose class loads on demand (models a plugin finds at run time): made at the
+        model's first request, and made again when the model's options changed."""
+        if backend is not None and not getattr(backend, "load_on_demand", False):
+            return backend
+        model = next((m for m in all_models() if m.name == model_name), None)
+        if model is None:
+            return backend
+        if backend is not None:
+            if backend.model.options == model.options and backend.model.n_ctx == model.n_ctx:
+                return backend
+        elif not getattr(registered_backends().get(model.backend), "load_on_demand", False):
+            return None
+        fresh = create_backend(model)
+        fresh.load()
+        with self._lock:
+            self._backends[model_name] = fresh
+            self._failures.pop(model_name, None)
+        return fresh
+
     def backend(self, model_name):
         with self._lock:
             backend = self._backends.get(model_name)
             failure = self._failures.get(model_name)
+        if backend is None or getattr(backend, "load_on_demand", False):
+            backend = self._on_demand(model_name, backend)
         if backend is None and failure:
             raise BackendError(f"model {model_name!r} could not be loaded: {failure}")
         if backend is None:
@@ -107,8 +129,10 @@ class ModelRegistry:
             backend.forget_users(user_keys)
 
     def loaded_models(self):
+        """What this worker's heartbeat says it serves; backends loaded on demand are a plugin
+        device's, whose own heartbeat says which of its models can answer now."""
         with self._lock:
-            return sorted(self._backends)
+            return sorted(name for name, b in self._backends.items() if not getattr(b, "load_on_demand", False))
 
     def unload_all(self):
         with self._lock:

@@ -197,10 +197,11 @@ class GenerationService:
                         result.completion_tokens = chunk.completion_tokens
                         result.prompt_tokens = chunk.prompt_tokens or result.prompt_tokens
                         result.cached_tokens = chunk.cached_tokens
+                        result.backend = chunk.backend or result.backend
                         if chunk.reason == "stopped":
                             result.status = "stopped"
-                        elif chunk.reason == "error":
-                            result.status, result.error = "error", chunk.error or "the backend failed"
+                        elif chunk.reason in ("error", "interrupted"):
+                            result.status, result.error = chunk.reason, chunk.error or "the backend failed"
                         continue
                     if first_token_at is None:
                         first_token_at = time.monotonic()

@@ -3,6 +3,8 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from django.core.cache import cache
 
@@ -115,3 +117,27 @@ class EngineReporter:
 
     def stop(self):
         self._stop.set()
+
+
+@dataclass
+class PluginDevice:
+    """A device whose worker a plugin describes (hook ``register_devices``): ``serving()`` names
+    the models it can answer now (its heartbeat), ``start()`` runs once where the worker runs,
+    ``details()`` adds facts to the heartbeat, ``threads`` jobs run at once (0: the site's default)."""
+
+    name: str
+    serving: Callable[[], list]
+    start: Optional[Callable[[], object]] = None
+    details: Optional[Callable[[], dict]] = None
+    threads: int = 0
+
+
+def plugin_devices():
+    """name -> PluginDevice, from every plugin (the first to name a device wins)."""
+    from .plugins import get_plugin_manager
+
+    found = {}
+    for specs in get_plugin_manager().hook.register_devices():
+        for spec in specs or []:
+            found.setdefault(spec.name, spec)
+    return found

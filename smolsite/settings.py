@@ -401,3 +401,13 @@ SMOLSITE_BATCH_DRIVER = env_bool("SMOLSITE_BATCH_DRIVER", True)  # the served pr
 # (made from the first message). On: reading a conversation's text needs a reason, once per
 # conversation per admin session, and every view, text search and export is audited.
 SMOLSITE_ADMIN_READ_MESSAGES = env_bool("SMOLSITE_ADMIN_READ_MESSAGES", False)
+
+# Models served by other engines (plugins/openai_upstream): upstream servers speaking the OpenAI API.
+# SMOLSITE_UPSTREAMS is a JSON list of {"name", "base_url", "api_key", ...} (README, "Serving models
+# from other engines"); the admin adds more. The plugin's admin model makes it an app.
+INSTALLED_APPS.append("plugins.openai_upstream")
+SMOLSITE_UPSTREAMS = os.environ.get("SMOLSITE_UPSTREAMS", "")
+SMOLSITE_UPSTREAM_PROBE_SECONDS = float(os.environ.get("SMOLSITE_UPSTREAM_PROBE_SECONDS", "5"))
+SMOLSITE_UPSTREAM_PROBE_TIMEOUT = float(os.environ.get("SMOLSITE_UPSTREAM_PROBE_TIMEOUT", "3"))
+SMOLSITE_UPSTREAM_MAX_BYTES = int(os.environ.get("SMOLSITE_UPSTREAM_MAX_BYTES", str(16 * 1024 * 1024)))
+SMOLSITE_UPSTREAM_THREADS = int(os.environ.get("SMOLSITE_UPSTREAM_THREADS", "64"))

@@ -214,3 +214,61 @@ def test_hook_register_tools(pm):
     assert {"shout", "calculator"} <= set(registered_tools())
     outcome = run_tool("shout", '{"text": "hi"}', ToolContext(user_id=1))
     assert (outcome.status, outcome.output) == ("ok", "HI")
+
+
+class OnDemandBackend(ReverseBackend):
+    name = "on-demand"
+    load_on_demand = True
+
+
+def test_hook_register_models(pm, settings):
+    found = ModelConfig(name="found-later", path="", backend="on-demand", device="elsewhere", n_ctx=64,
+                        options={"where": "a"})
+    clash = ModelConfig(name="echo", path="", backend="on-demand")  # a configured name: ignored
+
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register):
+            register("on-demand", OnDemandBackend)
+
+        @hookimpl
+        def register_models(self):
+            return [found, clash]
+
+    settings.SMOLSITE_MODELS = {"echo": {"path": "", "backend": "echo"}}
+    pm.register(Plugin(), name="models-plugin")
+    from inference.models import all_models, get_model
+
+    assert [m.name for m in all_models()] == ["echo", "found-later"]
+    assert get_model("echo").backend == "echo" and get_model("found-later").device == "elsewhere"
+    # Loaded on demand at its first request, not in what the worker's heartbeat says it holds.
+    registry = ModelRegistry()
+    backend = registry.backend("found-later")
+    assert isinstance(backend, OnDemandBackend) and registry.loaded_models() == []
+    assert run_request(registry, make_request("found-later", "abc"))[0].text == "cba"
+    assert registry.backend("found-later") is backend
+
+
+def test_hook_register_devices(pm):
+    from inference import embedded
+    from inference.workers import PluginDevice, alive_workers, plugin_devices
+
+    started = []
+
+    class Plugin:
+        @hookimpl
+        def register_devices(self):
+            return [PluginDevice("remote-test", serving=lambda: ["found-later"], start=lambda: started.append(1),
+                                 details=lambda: {"unavailable": {"other": "down"}}, threads=2)]
+
+    pm.register(Plugin(), name="devices-plugin")
+    assert plugin_devices()["remote-test"].threads == 2
+    worker = embedded.get_worker("remote-test")
+    try:
+        assert worker.ready.wait(10) and started == [1]
+        beat = next(w for w in alive_workers() if w["id"] == worker.worker_id)
+        assert beat["models"] == ["found-later"] and beat["unavailable"] == {"other": "down"}
+    finally:
+        worker.stop()
+        with embedded._lock:
+            embedded._workers.pop("remote-test", None)
