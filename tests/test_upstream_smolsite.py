@@ -12,6 +12,7 @@ import pytest
 
 from browser_support import ARTIFACTS, REPO
 from live_stack import LiveServer, open_socket, saved_partial_text, send, until_final, wait_for
+from smollm3_tiny import write_tiny_smollm3
 from test_upstream import served, start_site
 
 pytestmark = pytest.mark.model
@@ -30,7 +31,12 @@ print(json.dumps({"key": raw, "id": key.pk}))
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
     ARTIFACTS.mkdir(exist_ok=True)
-    b = LiveServer(tmp_path_factory.mktemp("site-b"), {"echo": {"path": "", "backend": "echo", "delay": 0.05}},
+    workdir = tmp_path_factory.mktemp("site-b")
+    # A tiny SmolLM3's metadata with the echo backend: "<think>…</think>…" comes back from the second
+    # site as reasoning_content and content.
+    tiny = write_tiny_smollm3(workdir / "tiny-smollm3.gguf")
+    b = LiveServer(workdir, {"echo": {"path": "", "backend": "echo", "delay": 0.05},
+                             "thinker": {"path": str(tiny), "backend": "echo"}},
                    ARTIFACTS / "upstream-site-b.log").start()
     try:
         out = subprocess.run([sys.executable, "manage.py", "shell", "-c", GATEWAY], cwd=REPO, env=b.env, check=True,
@@ -99,3 +105,14 @@ def test_stop_in_the_first_site_stops_the_answer_in_the_second(sites):
     wait_for(lambda: b.query("SELECT status FROM chat_message WHERE role = 'assistant' AND content LIKE 'w0 w1%' "
                              "ORDER BY id DESC LIMIT 1") == [{"status": "stopped"}], 30,
              "the second site's answer to end stopped")
+
+
+def test_reasoning_content_from_the_upstream_reaches_the_thinking_panel(sites):
+    a, _ = sites
+    wait_for(lambda: served(a, "thinker"), 60, "the second site's thinker model")
+    answer = client(a, "bob").chat.completions.create(
+        model="thinker", messages=[{"role": "user", "content": "<think>plan it</think>The answer"}], max_tokens=32)
+    message = answer.choices[0].message
+    assert message.content == "The answer" and message.model_extra["reasoning_content"] == "plan it"
+    row = a.message(int(answer.id.rsplit("-", 1)[1]))
+    assert (row["reasoning"], row["content"]) == ("plan it", "The answer")  # the chat's Thinking panel reads these

