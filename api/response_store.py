@@ -12,7 +12,7 @@ from chat import actions
 from chat.models import Conversation, Message, ToolCall
 
 from . import prompt_size
-from .response_params import find_response, message_id_of
+from .response_params import find_response, message_id_of, not_found
 from .runner import create_rows
 
 logger = logging.getLogger(__name__)
@@ -26,9 +26,12 @@ def create(req, key, prompt_tokens):
     after = req.previous.pk if req.previous is not None else None
     options = {"response": req.meta, "system_prompt": plan.system_prompt, "temperature": plan.temperature,
                "top_p": plan.top_p}
-    conversation_id, ids = create_rows(
-        plan, key, priority="background" if req.background else None, prompt_tokens=prompt_tokens, after=after,
-        turns=plan.turns[req.history:] if after is not None else None, options=options, move_leaf=req.store)
+    try:
+        conversation_id, ids = create_rows(
+            plan, key, priority="background" if req.background else None, prompt_tokens=prompt_tokens, after=after,
+            turns=plan.turns[req.history:] if after is not None else None, options=options, move_leaf=req.store)
+    except Message.DoesNotExist:  # the previous response was deleted meanwhile
+        raise not_found(req.meta["previous_response_id"], "previous_response_id") from None
     # Scaled out, the worker that answered this conversation last holds its tokens: prefer it.
     affinity = actions.last_worker(conversation_id) if after is not None and settings.REDIS_URL else ""
     return conversation_id, ids[0], affinity

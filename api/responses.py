@@ -10,7 +10,6 @@ import json
 import time
 
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 from django.http import JsonResponse, StreamingHttpResponse
 
 from chat.models import Message
@@ -47,7 +46,7 @@ def _object(found, meta=None, error=None):
 
 
 async def _object_of(message_id, meta=None, error=None):
-    found = await database_sync_to_async(store.row)(message_id)
+    found = await sync_to_async(store.row)(message_id)
     if found is None:
         raise rp.not_found(rp.response_id(message_id))
     return await sync_to_async(_object, thread_sensitive=False)(found, meta, error)
@@ -57,14 +56,14 @@ async def _object_of(message_id, meta=None, error=None):
 async def create(request):
     key = await _authenticate(request)
     data = await sync_to_async(params.parse_body, thread_sensitive=False)(request)
-    previous, history = await database_sync_to_async(rp.load_previous)(data, key.user_id)
+    previous, history = await sync_to_async(rp.load_previous)(data, key.user_id)
     req, prompt_tokens = await sync_to_async(_read, thread_sensitive=False)(data, previous, history)
     plan = req.plan
     if not await sync_to_async(_served)(plan.model):
         raise ApiError(503, f"No device worker is serving the model '{plan.model}' right now: try again later.",
                        "server_error", "model", "model_not_available", retry_after=5)
     try:
-        conversation_id, mid, affinity = await database_sync_to_async(store.create)(req, key, prompt_tokens)
+        conversation_id, mid, affinity = await sync_to_async(store.create)(req, key, prompt_tokens)
     except QuotaExceeded as exc:
         raise _quota_error(exc) from None
     if req.background:
@@ -108,14 +107,14 @@ async def create(request):
         if not handed_over:
             await run.close()
             if not req.store:
-                await database_sync_to_async(store.delete)(mid)
+                await sync_to_async(store.delete)(mid)
 
 
 async def _discard_refused(req, mid, problem):
     """A request the worker found too long for the context leaves no rows, as if refused at once
     (api.views._discard_refused; here only this request's rows: a chain stays)."""
     if problem.code == "context_length_exceeded" and req.store:
-        await database_sync_to_async(store.delete)(mid)
+        await sync_to_async(store.delete)(mid)
 
 
 async def _queue_background(mid, model, affinity):
@@ -128,11 +127,11 @@ async def _queue_background(mid, model, affinity):
         if pinned:
             from chat import actions
 
-            await database_sync_to_async(actions.mark_routed)(mid, pinned)
+            await sync_to_async(actions.mark_routed)(mid, pinned)
     except Exception as exc:
         from chat import actions
 
-        await database_sync_to_async(actions.fail_pending)(
+        await sync_to_async(actions.fail_pending)(
             mid, f"Could not queue the answer: {str(exc) or type(exc).__name__}")
     return await _object_of(mid)
 
@@ -148,8 +147,9 @@ async def _events(req, run, early, updates, authority):
     choice = run.choices[0]
     stream = EventStream(choice.message_id)
     try:
-        snapshot = await _object_of(choice.message_id, req.meta)
-        for event in stream.opening({**snapshot, "status": "in_progress"}):
+        # Empty, whatever the worker saved already: the output arrives as events.
+        snapshot = response_object(choice.message_id, req.plan.model, run.created, {"status": "streaming"}, req.meta)
+        for event in stream.opening(snapshot):
             yield _sse(event)
         async def items():
             for item in early:
@@ -176,41 +176,41 @@ async def _events(req, run, early, updates, authority):
         final = await _object_of(choice.message_id, req.meta, error)
         if error is not None:
             final = {**final, "status": "failed", "error": error, "usage": final["usage"]}
-        found = await database_sync_to_async(store.row)(choice.message_id)
+        found = await sync_to_async(store.row)(choice.message_id)
         for event in stream.closing(found or choice.row, final):
             yield _sse(event)
     finally:
         await run.close()
         if not req.store:
-            await database_sync_to_async(store.delete)(choice.message_id)
+            await sync_to_async(store.delete)(choice.message_id)
 
 
 @api_view("GET", "DELETE")
 async def response(request, rid):
     key = await _authenticate(request)
     if request.method == "DELETE":
-        found = await database_sync_to_async(store.load)(key.user_id, rid)
+        found = await sync_to_async(store.load)(key.user_id, rid)
         if found is None:
             raise rp.not_found(rid)
         if found["status"] in Message.ACTIVE:
             await stop_messages([found["id"]])
-        await database_sync_to_async(store.delete)(found["id"])
+        await sync_to_async(store.delete)(found["id"])
         return JsonResponse({"id": rid, "object": "response", "deleted": True})
     if request.GET.get("stream") in ("true", "1"):
         raise invalid("Streaming a stored response again is not supported by this server: GET it without "
                       "'stream'.", "stream", "unsupported_parameter")
-    found = await database_sync_to_async(store.load)(key.user_id, rid)
+    found = await sync_to_async(store.load)(key.user_id, rid)
     if found is None:
         raise rp.not_found(rid)
-    if found["status"] == Message.Status.INTERRUPTED and await database_sync_to_async(store.revive)(found["id"]):
-        found = await database_sync_to_async(store.row)(found["id"])
+    if found["status"] == Message.Status.INTERRUPTED and await sync_to_async(store.revive)(found["id"]):
+        found = await sync_to_async(store.row)(found["id"])
     return JsonResponse(await sync_to_async(_object, thread_sensitive=False)(found))
 
 
 @api_view("POST")
 async def cancel(request, rid):
     key = await _authenticate(request)
-    found = await database_sync_to_async(store.load)(key.user_id, rid)
+    found = await sync_to_async(store.load)(key.user_id, rid)
     if found is None:
         raise rp.not_found(rid)
     if not found["options"]["response"].get("background"):
@@ -221,14 +221,14 @@ async def cancel(request, rid):
         deadline = time.monotonic() + CANCEL_WAIT_SECONDS
         while found["status"] in Message.ACTIVE and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-            found = await database_sync_to_async(store.row)(found["id"])
+            found = await sync_to_async(store.row)(found["id"])
     return JsonResponse(await sync_to_async(_object, thread_sensitive=False)(found))
 
 
 @api_view("GET")
 async def input_items(request, rid):
     key = await _authenticate(request)
-    found = await database_sync_to_async(store.load)(key.user_id, rid)
+    found = await sync_to_async(store.load)(key.user_id, rid)
     if found is None:
         raise rp.not_found(rid)
     limit = request.GET.get("limit", "20")
