@@ -65,11 +65,15 @@ def one(base_url, key, prompt, max_tokens, out, i, start):
     start.wait()
     t0 = time.monotonic()
     first, text = None, ""
-    for chunk in client.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": prompt}],
-                                                max_tokens=max_tokens, temperature=0, stream=True):
-        if chunk.choices and chunk.choices[0].delta.content:
-            first = first or time.monotonic()
-            text += chunk.choices[0].delta.content
+    try:
+        for chunk in client.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": prompt}],
+                                                    max_tokens=max_tokens, temperature=0, stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                first = first or time.monotonic()
+                text += chunk.choices[0].delta.content
+    except openai.APIStatusError as exc:
+        log(f"refused: {exc.status_code}")
+        return
     out[i] = {"ttft": (first or time.monotonic()) - t0, "end": time.monotonic(), "t0": t0, "text": text}
 
 
@@ -126,9 +130,16 @@ def main():
         def count(text):
             return len(vocab.tokenize(text.encode(), add_bos=False, special=False)) if text else 0
 
-        # Warm both paths once (the upstream's first prompt, the site's first request).
+        # Warm both paths once (the upstream's first prompt, the site's first request), waiting for
+        # the site's upstream worker to say the model can answer (its next heartbeat).
         round_of(upstream.url, [upstream.api_key], 4, count)
-        round_of(site.url + "/v1", keys[:1], 4, count)
+        while True:
+            try:
+                round_of(site.url + "/v1", keys[:1], 4, count)
+                break
+            except TypeError:  # the request was refused (503 until the heartbeat): its thread left no result
+                assert time.monotonic() < deadline + 30, "the site never served the upstream's model"
+                time.sleep(0.5)
         results = {"direct": [], "smolsite": []}
         for r in range(args.rounds):
             for way, url, ks in (("direct", upstream.url, [upstream.api_key] * args.people),

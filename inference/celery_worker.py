@@ -42,8 +42,8 @@ def start_worker_process():
     set_process_worker_id(worker_id)
     if plugin is not None:
         _heartbeat = Heartbeat(worker_id, dev, plugin.serving,
-                               lambda: {"queue": direct_queue(worker_id), **(plugin.details() if plugin.details else {})}
-                               ).start()
+                               lambda: {"queue": direct_queue(worker_id), **(plugin.details() if plugin.details else {})},
+                               interval=plugin.beat_seconds).start()
     else:
         _heartbeat = Heartbeat(worker_id, dev, get_registry().loaded_models,
                                lambda: {"queue": direct_queue(worker_id), **get_registry().occupancy()}).start()

@@ -129,7 +129,8 @@ class EmbeddedWorker:
                 spec.start()
         except Exception:
             logger.exception("device %s: the plugin's start failed", self.device)
-        self.heartbeat = Heartbeat(self.worker_id, self.device, spec.serving, spec.details).start()
+        self.heartbeat = Heartbeat(self.worker_id, self.device, spec.serving, spec.details,
+                                   interval=spec.beat_seconds).start()
         self.ready.set()
         pool = JobPool(spec.threads or settings.SMOLSITE_WORKER_THREADS, f"smolsite-job-{self.device}")
         while True:

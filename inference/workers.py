@@ -55,9 +55,10 @@ def is_alive(worker_id):
 class Heartbeat:
     """Beats from a daemon thread while the worker lives."""
 
-    def __init__(self, worker_id, device, models_fn, extra_fn=None):
+    def __init__(self, worker_id, device, models_fn, extra_fn=None, interval=HEARTBEAT_SECONDS):
         self.worker_id, self.device, self.models_fn = worker_id, device, models_fn
         self.extra_fn = extra_fn or dict
+        self.interval = min(interval or HEARTBEAT_SECONDS, HEARTBEAT_SECONDS)
         self._stop = threading.Event()
         self._thread = None
 
@@ -68,7 +69,7 @@ class Heartbeat:
         return self
 
     def _run(self):
-        while not self._stop.wait(HEARTBEAT_SECONDS):
+        while not self._stop.wait(self.interval):
             try:
                 beat(self.worker_id, self.device, self.models_fn(), self.extra_fn())
             except Exception:  # the cache may be briefly unreachable; try again next beat
@@ -123,13 +124,15 @@ class EngineReporter:
 class PluginDevice:
     """A device whose worker a plugin describes (hook ``register_devices``): ``serving()`` names
     the models it can answer now (its heartbeat), ``start()`` runs once where the worker runs,
-    ``details()`` adds facts to the heartbeat, ``threads`` jobs run at once (0: the site's default)."""
+    ``details()`` adds facts to the heartbeat, ``threads`` jobs run at once (0: the site's default),
+    ``beat_seconds`` how often the heartbeat says what it serves (at most HEARTBEAT_SECONDS)."""
 
     name: str
     serving: Callable[[], list]
     start: Optional[Callable[[], object]] = None
     details: Optional[Callable[[], dict]] = None
     threads: int = 0
+    beat_seconds: float = 0  # heartbeat more often than every HEARTBEAT_SECONDS (availability changes)
 
 
 def plugin_devices():

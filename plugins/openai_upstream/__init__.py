@@ -41,8 +41,9 @@ def register_devices():
     from . import catalog, discovery
 
     threads = int(getattr(settings, "SMOLSITE_UPSTREAM_THREADS", 64))
+    # The heartbeat says which models can answer as often as the probes learn it.
     return [PluginDevice(DEVICE, serving=catalog.serving, start=lambda: discovery.get_discovery(),
-                         details=catalog.details, threads=threads)]
+                         details=catalog.details, threads=threads, beat_seconds=discovery.probe_seconds())]
 
 
 @hookimpl
