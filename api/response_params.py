@@ -293,7 +293,7 @@ RENAMES = [
 ]
 
 
-def _renamed(exc, origin, offset):
+def renamed(exc, origin, offset):
     """``exc`` with its param (and the message's mentions of it) naming the Responses field."""
     param = exc.param or ""
     message = exc.message
@@ -317,7 +317,7 @@ def measure(plan):
     try:
         return prompt_size.check(plan)
     except ApiError as exc:
-        raise _renamed(exc, [], 0) from None
+        raise renamed(exc, [], 0) from None
 
 
 def parse(data, previous=None, history=()):
@@ -348,7 +348,7 @@ def parse(data, previous=None, history=()):
     try:
         plan = params.check_plan(params.parse_chat({k: v for k, v in body.items() if v is not None}))
     except ApiError as exc:
-        raise _renamed(exc, origin, len(head) + len(history)) from None
+        raise renamed(exc, origin, len(head) + len(history)) from None
     if previous is not None and plan.model != previous.conversation.model:
         raise invalid(f"The previous response was made with model '{previous.conversation.model}': a chain keeps "
                       f"its model, so send that one (or start a new chain).", "model", "model_mismatch")

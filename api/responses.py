@@ -82,7 +82,7 @@ async def create(request):
             problem = _choice_error(plan, run.choices[0])
             if problem:
                 await _discard_refused(req, mid, problem)
-                raise rp._renamed(problem, [], 0)
+                raise rp.renamed(problem, [], 0)
             return JsonResponse(await _object_of(mid, req.meta))
         # The status line waits until the engine has the request (its prompt fitted the context)
         # or the first token, so a prompt longer than the context is a plain 400, as in chat.
@@ -95,7 +95,7 @@ async def create(request):
             problem = _choice_error(plan, run.choices[0])
             if problem and run.choices[0].row["status"] in ("error", "interrupted"):
                 await _discard_refused(req, mid, problem)
-                raise rp._renamed(problem, [], 0)
+                raise rp.renamed(problem, [], 0)
         response = StreamingHttpResponse(_events(req, run, early, updates, authority),
                                          content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
@@ -171,7 +171,7 @@ async def _events(req, run, early, updates, authority):
         problem = _choice_error(req.plan, choice)
         error = None
         if problem is not None:
-            problem = rp._renamed(problem, [], 0)
+            problem = rp.renamed(problem, [], 0)
             error = {"code": "server_error" if problem.status >= 500 else "invalid_prompt", "message": problem.message}
         final = await _object_of(choice.message_id, req.meta, error)
         if error is not None:

@@ -3,9 +3,10 @@ SmolLM2-135M and the echo backend), with the official ``openai`` package as the 
 streamed events in OpenAI's order, chains with ``previous_response_id`` kept as conversations,
 structured output, function calls, background responses, and the 404s and 400s."""
 import json
+import re
 import subprocess
 import sys
-import time
+import urllib.request
 
 import jsonschema
 import openai
@@ -19,6 +20,7 @@ from test_api import SETUP, bearer, raw_request
 pytestmark = pytest.mark.model
 
 SMOL = "smollm2-135m"
+METRICS_TOKEN = "responses-metrics-token"
 WEATHER = {"type": "function", "name": "get_weather", "description": "The current weather in a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
                           "required": ["city"], "additionalProperties": False}, "strict": True}
@@ -35,7 +37,8 @@ def server(tmp_path_factory, default_model_path):
         "echo-slow": {"path": default_model_path, "backend": "echo", "delay": 0.05, "device": "cpu"},
     }
     with live_database("api_responses") as database_url:
-        live = LiveServer(workdir, models, ARTIFACTS / "api-responses-server.log", database_url=database_url).start()
+        live = LiveServer(workdir, models, ARTIFACTS / "api-responses-server.log", database_url=database_url,
+                          env={"SMOLSITE_METRICS_TOKEN": METRICS_TOKEN}).start()
         try:
             out = subprocess.run([sys.executable, "manage.py", "shell", "-c", SETUP], cwd=REPO, env=live.env,
                                  check=True, capture_output=True, text=True, timeout=120).stdout
@@ -383,6 +386,28 @@ def test_a_prompt_longer_than_the_context_is_400_naming_input(server):
     with pytest.raises(openai.BadRequestError) as info:
         client_for(server).responses.create(model=SMOL, input=words)
     assert info.value.body["param"] == "input" and info.value.body["code"] == "context_length_exceeded"
+
+
+def completion_tokens(server, model, source):
+    request = urllib.request.Request(server.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = response.read().decode()
+    total = 0.0
+    for labels, value in re.findall(r"^smolsite_completion_tokens_total\{([^}]*)\} (\S+)$", text, re.M):
+        if f'model="{model}"' in labels and f'source="{source}"' in labels:
+            total += float(value)
+    return total
+
+
+def test_metrics_and_quotas_count_responses_as_api_requests(server):
+    before = completion_tokens(server, "smollm3-echo", "api")
+    response = client_for(server).responses.create(model="smollm3-echo", input="count these four words")
+    wait_for(lambda: completion_tokens(server, "smollm3-echo", "api") == before + response.usage.output_tokens, 60,
+             "the response's tokens in /metrics")
+    # 60 tokens a day: the prompt and max_output_tokens held back do not fit.
+    with pytest.raises(openai.RateLimitError) as info:
+        client_for(server, "tight").responses.create(model="smollm3-echo", input="hi", max_output_tokens=100)
+    assert info.value.body["code"] == "insufficient_quota"
 
 
 def test_the_server_log_has_no_traceback(server):
