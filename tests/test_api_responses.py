@@ -218,6 +218,20 @@ def test_a_json_schema_format_is_enforced(server):
     assert response.text.format.type == "json_schema" and response.text.format.name == "cat"
 
 
+def test_the_clients_pydantic_helper_gets_a_parsed_response(server):
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Cat(BaseModel):
+        name: str = Field(max_length=30)
+        legs: Literal[2, 4]
+
+    parsed = client_for(server).responses.parse(model=SMOL, input="Describe a cat.", text_format=Cat,
+                                                max_output_tokens=80, temperature=0)
+    assert parsed.status == "completed" and isinstance(parsed.output_parsed, Cat)
+
+
 def test_a_schema_the_grammar_cannot_enforce_is_refused_naming_text_format(server):
     with pytest.raises(openai.BadRequestError) as info:
         client_for(server).responses.create(model=SMOL, input="x", text={"format": {
