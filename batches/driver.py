@@ -10,6 +10,8 @@ logger = logging.getLogger(__name__)
 
 
 def start_driver():
+    from api.response_store import revive_all
+
     from . import service
 
     def loop():
@@ -18,6 +20,7 @@ def start_driver():
             try:
                 close_old_connections()
                 service.tick()
+                revive_all()  # background responses a dead worker cut run again, as batch lines do
             except Exception:
                 logger.exception("batch driver failed")
 

@@ -67,6 +67,13 @@ class World:
         # A tool call of Alice's (the approve and deny probes make it wait for her decision).
         self.call = ToolCall.objects.create(message=self.answer, index=0, call_id="call_secret", name="calculator",
                                             arguments=f'{{"expression": "{SECRET}"}}', output=SECRET, status="ok")
+        # A stored background response of Alice's (POST /v1/responses): an answer whose options
+        # hold the request's fields (api.response_store).
+        self.response = Message.objects.create(
+            conversation=self.conv, parent=self.question, role="assistant", content=SECRET + " response",
+            status="done", model_name="smollm2-135m", options={"response": {
+                "background": True, "store": True, "metadata": {"note": SECRET},
+                "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": SECRET}]}]}})
         self.conv.current_leaf = self.answer
         self.conv.save(update_fields=["current_leaf"])
         self.key, self.alice_raw_key = ApiKey.create_for(self.alice, SECRET)
@@ -146,6 +153,12 @@ MATRIX = {
     "^v1/batches/(?P<batch_id>[^/]+)/cancel/?$": [P("post", lambda w: f"/v1/batches/{w.batch.pk}/cancel",
                                                     auth="bearer")],
     "^v1/batches/(?P<batch_id>[^/]+)/?$": [P("get", lambda w: f"/v1/batches/{w.batch.pk}", auth="bearer")],
+    "^v1/responses/(?P<rid>[^/]+)/?$": [P("get", lambda w: f"/v1/responses/resp_{w.response.pk}", auth="bearer"),
+                                        P("delete", lambda w: f"/v1/responses/resp_{w.response.pk}", auth="bearer")],
+    "^v1/responses/(?P<rid>[^/]+)/input_items/?$": [
+        P("get", lambda w: f"/v1/responses/resp_{w.response.pk}/input_items", auth="bearer")],
+    "^v1/responses/(?P<rid>[^/]+)/cancel/?$": [P("post", lambda w: f"/v1/responses/resp_{w.response.pk}/cancel",
+                                                 auth="bearer")],
 }
 
 # Routes that take a value naming nothing a user owns.
@@ -231,6 +244,16 @@ def test_api_batch_from_another_users_file_is_404_and_creates_nothing(world):
                         "completion_window": "24h"}, content_type="application/json")
     assert response.status_code == 404 and response.json()["error"]["code"] == "file_not_found"
     assert Batch.objects.count() == batches and world.snapshot() == before
+
+
+def test_a_response_chained_to_another_users_response_is_404_and_creates_nothing(world):
+    before, messages = world.snapshot(), Message.objects.count()
+    response = world.client("bob", "bearer").post(
+        "/v1/responses", {"model": "smollm2-135m", "input": "hi", "previous_response_id": f"resp_{world.response.pk}"},
+        content_type="application/json")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "previous_response_not_found"
+    assert SECRET not in response.content.decode()
+    assert Message.objects.count() == messages and world.snapshot() == before
 
 
 def test_an_api_key_is_never_a_session_and_a_session_is_never_a_key(world):
