@@ -23,7 +23,8 @@ from . import response_store as store
 from .errors import ApiError, invalid
 from .response_shape import EventStream, response_object
 from .runner import Run, close_when_dropped, stop_messages
-from .views import Authority, _authenticate, _choice_error, _quota_error, _served, api_view
+from .views import (Authority, _authenticate, _choice_error, _quota_error, _served, api_view, sse_comment,
+                    stream_items)
 
 CANCEL_WAIT_SECONDS = 10  # a cancelled answer's worker ends it at its next step
 
@@ -151,20 +152,14 @@ async def _events(req, run, early, updates, authority):
         snapshot = response_object(choice.message_id, req.plan.model, run.created, {"status": "streaming"}, req.meta)
         for event in stream.opening(snapshot):
             yield _sse(event)
-        async def items():
-            for item in early:
-                yield item
-            async for item in updates:
-                yield item
-
-        async for kind, _, piece in items():
+        async for kind, _, piece in stream_items(early, updates):
             revoked = await authority.revoked()
             if revoked is not None:
                 yield _sse(stream.event("error", code=revoked.code, message=revoked.message, param=None,
                                         error=revoked.payload()["error"]))
                 return
             if kind in ("queue", "idle"):
-                yield (f": {piece} ahead in the queue\n\n" if kind == "queue" else ": waiting\n\n").encode()
+                yield sse_comment(kind, piece)
             elif kind in ("text", "reasoning", "tool"):
                 for event in stream.feed(kind, piece):
                     yield _sse(event)

@@ -273,6 +273,21 @@ def _data(payload):
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
 
+async def stream_items(early, updates):
+    """The run's updates a streaming response sends: those read before the status line went
+    out (``early``), then the rest as they come."""
+    for item in early:
+        yield item
+    async for item in updates:
+        yield item
+
+
+def sse_comment(kind, piece):
+    """An SSE comment (clients ignore them) for a "queue" or "idle" update: where the request
+    waits, or a keep-alive."""
+    return (f": {piece} ahead in the queue\n\n" if kind == "queue" else ": waiting\n\n").encode()
+
+
 async def _sse(plan, run, early, updates, shape, authority):
     """Server-sent events; the generator is cancelled when the client disconnects, and closing
     the run then stops every answer still generating. A key revoked mid-stream ends the stream
@@ -280,21 +295,13 @@ async def _sse(plan, run, early, updates, shape, authority):
     try:
         for chunk in shape.opening(plan, run):
             yield _data(chunk)
-
-        async def items():
-            for item in early:
-                yield item
-            async for item in updates:
-                yield item
-
-        async for kind, choice, piece in items():
+        async for kind, choice, piece in stream_items(early, updates):
             revoked = await authority.revoked()
             if revoked is not None:
                 yield _data(revoked.payload())
                 return
             if kind in ("queue", "idle"):
-                # SSE comments (clients ignore them): where the request waits, and keep-alives.
-                yield (f": {piece} ahead in the queue\n\n" if kind == "queue" else ": waiting\n\n").encode()
+                yield sse_comment(kind, piece)
                 continue
             if kind in ("text", "reasoning", "tool"):
                 for chunk in shape.deltas(plan, run, choice, kind, piece):

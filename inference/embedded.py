@@ -112,14 +112,7 @@ class EmbeddedWorker:
         self.heartbeat = Heartbeat(self.worker_id, self.device, get_registry().loaded_models).start()
         EngineReporter(self.worker_id, get_registry().stats, get_registry().forget_users).start()
         self.ready.set()
-        pool = job_pool(self.device)
-        while True:
-            job_id, loop = self.jobs.get()
-            if job_id is None:
-                break
-            pool.submit(run_embedded_job, job_id, self.worker_id, loop)
-        pool.shutdown()
-        self.heartbeat.stop()
+        self._serve_jobs(job_pool(self.device))
 
     def _run_plugin(self):
         """A plugin's device (hook ``register_devices``): nothing to load; its threads wait on I/O."""
@@ -132,7 +125,10 @@ class EmbeddedWorker:
         self.heartbeat = Heartbeat(self.worker_id, self.device, spec.serving, spec.details,
                                    interval=spec.beat_seconds).start()
         self.ready.set()
-        pool = JobPool(spec.threads or settings.SMOLSITE_WORKER_THREADS, f"smolsite-job-{self.device}")
+        self._serve_jobs(JobPool(spec.threads or settings.SMOLSITE_WORKER_THREADS, f"smolsite-job-{self.device}"))
+
+    def _serve_jobs(self, pool):
+        """Hand each queued job to ``pool`` until stop(), then wind down."""
         while True:
             job_id, loop = self.jobs.get()
             if job_id is None:
