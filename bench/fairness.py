@@ -14,6 +14,7 @@ llama-cpp-python on the victim's request, in a child process of its own (bench/c
   schema_pattern     long patterns with nested {m,n} repetitions
   schema_optional    an object with hundreds of optional properties
   schema_maxlength   {"type": "string", "maxLength": N}, 2,000,000 first (it used to kill the worker)
+  tools_required     as many tools as accepted (each an enum of 40 values; they are prompt text too), tool_choice "required"
   stop_list          as many (long) stop strings as accepted
   logit_bias         many logit_bias entries
   n4_long            n=4 with 512-token answers
@@ -53,7 +54,8 @@ ATTACKER_PROMPT = ("Write a long JSON document: a list of as many entries as you
 LONG_ANSWER_PROMPT = "Tell me a long story about a dragon who learns to cook, with many details."
 SCHEMA_SCENARIOS = ["schema_enum", "schema_anyof_wide", "schema_deep", "schema_pattern", "schema_optional",
                     "schema_maxlength"]
-SCENARIOS = ["plain_neighbour"] + SCHEMA_SCENARIOS + ["stop_list", "logit_bias", "n4_long", "long_prompt"]
+SCENARIOS = ["plain_neighbour"] + SCHEMA_SCENARIOS + ["tools_required", "stop_list", "logit_bias", "n4_long",
+                                                     "long_prompt"]
 GOAL = {"victim_slowdown": 2.0, "attacker_constrained_ratio": 0.5}
 LEAD_SECONDS = 0.5  # the attacker's head start once the engine has its request
 IDLE_TIMEOUT = 120  # seconds to wait for answers still generating before a measurement
@@ -68,6 +70,7 @@ SIZES = {
     "schema_pattern": ([256, 64, 16, 4], [16, 4]),  # the {m,n} bounds in 8 repeated groups
     "schema_optional": ([2000, 1000, 500, 200, 50], [200, 50]),
     "schema_maxlength": ([2000000, 100000, 10000, 1000], [2000000, 1000]),
+    "tools_required": ([128, 64, 32, 16, 8], [32, 16, 8]),  # tools, each an enum of 40 values; tool_choice required
     "stop_list": ([(1000, 1000), (100, 1000), (16, 1000), (4, 1000), (4, 64)], [(100, 100), (4, 100)]),
     "logit_bias": ([10000, 1000, 100], [100]),
     "n4_long": ([4], [4]),
@@ -444,6 +447,11 @@ class Lever:
         if scenario in SCHEMAS:
             make, label = SCHEMAS[scenario]
             self.extra, self.describe = json_schema(make(size)), {label: size}
+        elif scenario == "tools_required":
+            tools = [{"type": "function", "function": {"name": f"tool_{i}", "parameters": {
+                "type": "object", "properties": {"value": {"enum": [f"v{i}-{j}" for j in range(40)]}},
+                "required": ["value"]}}} for i in range(size)]
+            self.extra, self.describe = {"tools": tools, "tool_choice": "required"}, {"tools": size}
         elif scenario == "stop_list":
             count, length = size
             stops = [("zq" + uuid.uuid4().hex * (length // 32 + 1))[:length] for _ in range(count)]
@@ -456,7 +464,7 @@ class Lever:
             self.extra, self.describe = {}, {"prompt_tokens_target": size}
         elif scenario == "plain_neighbour":
             self.extra, self.describe = {}, {"plain": True}
-        self.schema = scenario in SCHEMAS
+        self.schema = scenario in SCHEMAS or scenario == "tools_required"  # constrained: measured against plain
 
     def prompt(self):
         if self.scenario == "long_prompt":
