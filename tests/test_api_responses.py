@@ -438,7 +438,8 @@ def test_a_background_response_survives_a_restart(server):
     wait_for(lambda: row_of(server, response.id)["content"], 60, "the answer to be under way")
     server.stop()
     server.start()
-    assert row_of(server, response.id)["status"] == "interrupted"
+    # The restarted server finds it cut; the batch driver's tick may already have revived it (a second run).
+    assert row_of(server, response.id)["status"] == "interrupted" or options_of(server, response.id).get("runs") == 2
     done = until_finished(client, response.id)
     assert (done.id, done.status, done.output_text) == (response.id, "completed", words)
     assert options_of(server, response.id)["runs"] == 2
