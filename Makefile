@@ -9,7 +9,7 @@ PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/smolsite
 # The Redis database the scaled-out tests use (and flush): keep it for them alone.
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/13
 
-.PHONY: llama-cpp run test worker beat test-sqlite test-postgres test-redis bench bench-load install install-test services clean
+.PHONY: llama-cpp run test worker beat test-sqlite test-postgres test-redis bench bench-load bench-peers install install-test services clean
 
 # llama-cpp-python is built from source once per version, CMake flags and CPU into $(WHEELHOUSE) and
 # installed from there (tools/llama_cpp_wheel.py says why: AMX off, pip's cache bypassed). The
@@ -89,6 +89,12 @@ bench: install-test services
 
 bench-load: install-test services
 	$(PY) bench/load.py
+
+# smolsite beside llama.cpp's own llama-server (built once by tools/llama_server.py, same flags and
+# key as the wheel) on the same model, N people at once each; PEERS_ARGS, e.g. --people 8 16 or --quick.
+bench-peers: install-test services
+	@server=$$($(PY) tools/llama_server.py $(LLAMA_CPP_VERSION) $(WHEELHOUSE)) || exit 1; \
+	$(PY) bench/peers.py --server "$$server" $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) db.sqlite3 var test-artifacts
