@@ -77,7 +77,16 @@ def one(base_url, key, prompt, max_tokens, out, i, start):
     out[i] = {"ttft": (first or time.monotonic()) - t0, "end": time.monotonic(), "t0": t0, "text": text}
 
 
-def round_of(base_url, keys, max_tokens, count):
+def cpu_seconds(pid):
+    """User + system CPU seconds a process has used (/proc/<pid>/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def round_of(base_url, keys, max_tokens, count, pids=None):
+    """One round of len(keys) people at once; ``pids``: {label: pid} whose CPU seconds per output
+    token the round reports."""
+    before = {label: cpu_seconds(pid) for label, pid in (pids or {}).items()}
     out, start = [None] * len(keys), threading.Event()
     threads = [threading.Thread(target=one, args=(base_url, key, PROMPTS[i % len(PROMPTS)], max_tokens, out, i, start))
                for i, key in enumerate(keys)]
@@ -86,11 +95,16 @@ def round_of(base_url, keys, max_tokens, count):
     start.set()
     for t in threads:
         t.join()
+    if None in out:
+        raise RuntimeError(f"{out.count(None)} of {len(out)} requests were refused")
     wall = max(r["end"] for r in out) - min(r["t0"] for r in out)
     tokens = sum(count(r["text"]) for r in out)
     ttfts = sorted(r["ttft"] for r in out)
+    cpu = {f"{label}_cpu_ms_per_token": round((cpu_seconds(pid) - before[label]) * 1000 / max(tokens, 1), 3)
+           for label, pid in (pids or {}).items()}
     return {"tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2),
-            "ttft_median_ms": round(statistics.median(ttfts) * 1000, 1), "ttft_max_ms": round(ttfts[-1] * 1000, 1)}
+            "ttft_median_ms": round(statistics.median(ttfts) * 1000, 1), "ttft_max_ms": round(ttfts[-1] * 1000, 1),
+            **cpu}
 
 
 def main():
@@ -108,7 +122,10 @@ def main():
     try:
         site = LiveServer(workdir, {"echo": {"path": "", "backend": "echo"}}, workdir / "site.log", env={
             "SMOLSITE_UPSTREAMS": json.dumps([upstream.config(read_timeout=600, max_concurrency=args.people)]),
-            "SMOLSITE_UPSTREAM_PROBE_SECONDS": "1", "SMOLSITE_API_RATE_PER_MINUTE": "0"}).start()
+            # The direct rounds keep this serial engine (it answers /models only between answers)
+            # busy from outside for many seconds: a probe must outwait them, not call it hung.
+            "SMOLSITE_UPSTREAM_PROBE_SECONDS": "1", "SMOLSITE_UPSTREAM_PROBE_TIMEOUT": "300",
+            "SMOLSITE_API_RATE_PER_MINUTE": "0"}).start()
         keys = json.loads(subprocess.run([sys.executable, "manage.py", "shell", "-c", SETUP % args.people], cwd=REPO,
                                          env=site.env, check=True, capture_output=True,
                                          text=True).stdout.strip().splitlines()[-1])
@@ -137,15 +154,18 @@ def main():
             try:
                 round_of(site.url + "/v1", keys[:1], 4, count)
                 break
-            except TypeError:  # the request was refused (503 until the heartbeat): its thread left no result
+            except RuntimeError:  # the request was refused (503 until the heartbeat): its thread left no result
                 assert time.monotonic() < deadline + 30, "the site never served the upstream's model"
                 time.sleep(0.5)
+        # smolsite's CPU: the web process, which embeds the upstream worker (its threads read the
+        # upstream's stream, publish events and serve the clients' streams).
+        pids = {"upstream": upstream.proc.pid, "smolsite": site.proc.pid}
         results = {"direct": [], "smolsite": []}
         for r in range(args.rounds):
             for way, url, ks in (("direct", upstream.url, [upstream.api_key] * args.people),
                                  ("smolsite", site.url + "/v1", keys)):
                 log(f"round {r + 1}: {args.people} at once, {way}")
-                res = round_of(url, ks, args.max_tokens, count)
+                res = round_of(url, ks, args.max_tokens, count, pids)
                 results[way].append(res)
                 print(json.dumps({"round": r + 1, "way": way, "people": args.people, **res}), flush=True)
         direct_tps = sum(x["tokens"] for x in results["direct"]) / sum(x["wall_s"] for x in results["direct"])
@@ -156,6 +176,10 @@ def main():
                           "direct_tokens_per_s": round(direct_tps, 2), "smolsite_tokens_per_s": round(site_tps, 2),
                           "tps_ratio": round(site_tps / direct_tps, 3), "direct_ttft_median_ms": d_ttft,
                           "smolsite_ttft_median_ms": s_ttft, "added_ttft_ms": round(s_ttft - d_ttft, 1),
+                          "smolsite_cpu_ms_per_token": statistics.median(
+                              x["smolsite_cpu_ms_per_token"] for x in results["smolsite"]),
+                          "upstream_cpu_ms_per_token": statistics.median(
+                              x["upstream_cpu_ms_per_token"] for x in results["smolsite"]),
                           "goals": GOALS}), flush=True)
     finally:
         if site is not None:
