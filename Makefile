@@ -66,7 +66,12 @@ beat: install
 services:
 	@bash .ci/services.sh
 
-test: install-test services test-sqlite test-postgres
+test: install-test services lint test-sqlite test-postgres
+
+# The apps' layers ([tool.importlinter] in pyproject.toml, docs/architecture.md): no upward import.
+.PHONY: lint
+lint: install-test
+	$(VENV)/bin/lint-imports
 
 # Each database gets two runs: everything embedded, then the scaled-out tests (tests/test_redis.py)
 # in a process configured for Redis from the environment, as a served scaled-out site is.

@@ -1,4 +1,6 @@
 """API requests authenticate with ``Authorization: Bearer <key>`` only (never a session cookie)."""
+from asgiref.sync import sync_to_async
+
 from .errors import ApiError
 from .models import ApiKey
 
@@ -18,3 +20,7 @@ def authenticate(request):
     if key is None:
         raise ApiError(401, "Incorrect API key provided (or it was revoked or has expired).", code="invalid_api_key")
     return key
+
+
+# The same from async code (the API views, the batch endpoints).
+authenticate_async = sync_to_async(authenticate)

@@ -6,9 +6,9 @@ from typing import Optional
 
 from django.conf import settings
 
+from inference import structured as schemas
 from inference.models import UnknownModel, get_model
 
-from . import schema as schemas
 from . import tools
 from .errors import ApiError, invalid
 

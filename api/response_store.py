@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from chat import actions
 from chat.models import Conversation, Message, ToolCall
+from inference import dispatch
 
 from . import prompt_size
 from .response_params import find_response, message_id_of, not_found
@@ -116,11 +117,9 @@ def revive(message_id):
                 options=options, updated_at=timezone.now()):
             return False
         ToolCall.objects.filter(message_id=message_id).delete()
-    from batches.service import _enqueue  # a queue from a thread with no event loop of its own
-
     logger.warning("background response %s was cut by its worker's end: queued again (run %d)", message_id, runs + 1)
     try:
-        pinned = _enqueue(message_id, message.model_name)
+        pinned = dispatch.enqueue_from_thread(message_id, message.model_name)
         if pinned:
             actions.mark_routed(message_id, pinned)
     except Exception as exc:

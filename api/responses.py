@@ -20,11 +20,11 @@ from usage.quotas import QuotaExceeded
 from . import params
 from . import response_params as rp
 from . import response_store as store
+from .auth import authenticate_async
 from .errors import ApiError, invalid
 from .response_shape import EventStream, response_object
 from .runner import Run, close_when_dropped, stop_messages
-from .views import (Authority, _authenticate, _choice_error, _quota_error, _served, api_view, sse_comment,
-                    stream_items)
+from .views import Authority, _quota_error, _served, api_view, choice_error, sse_comment, stream_items
 
 CANCEL_WAIT_SECONDS = 10  # a cancelled answer's worker ends it at its next step
 
@@ -55,7 +55,7 @@ async def _object_of(message_id, meta=None, error=None):
 
 @api_view("POST")
 async def create(request):
-    key = await _authenticate(request)
+    key = await authenticate_async(request)
     data = await sync_to_async(params.parse_body, thread_sensitive=False)(request)
     previous, history = await sync_to_async(rp.load_previous)(data, key.user_id)
     req, prompt_tokens = await sync_to_async(_read, thread_sensitive=False)(data, previous, history)
@@ -80,7 +80,7 @@ async def create(request):
                 problem = await authority.revoked()
                 if problem is not None:
                     raise problem  # closing the run (below) stops the answer; it keeps its text
-            problem = _choice_error(plan, run.choices[0])
+            problem = choice_error(plan, run.choices[0])
             if problem:
                 await _discard_refused(req, mid, problem)
                 raise rp.renamed(problem, [], 0)
@@ -93,7 +93,7 @@ async def create(request):
             if item[0] in ("text", "reasoning", "tool", "queue"):
                 break
         if run.finished:
-            problem = _choice_error(plan, run.choices[0])
+            problem = choice_error(plan, run.choices[0])
             if problem and run.choices[0].row["status"] in ("error", "interrupted"):
                 await _discard_refused(req, mid, problem)
                 raise rp.renamed(problem, [], 0)
@@ -163,7 +163,7 @@ async def _events(req, run, early, updates, authority):
             elif kind in ("text", "reasoning", "tool"):
                 for event in stream.feed(kind, piece):
                     yield _sse(event)
-        problem = _choice_error(req.plan, choice)
+        problem = choice_error(req.plan, choice)
         error = None
         if problem is not None:
             problem = rp.renamed(problem, [], 0)
@@ -182,7 +182,7 @@ async def _events(req, run, early, updates, authority):
 
 @api_view("GET", "DELETE")
 async def response(request, rid):
-    key = await _authenticate(request)
+    key = await authenticate_async(request)
     if request.method == "DELETE":
         found = await sync_to_async(store.load)(key.user_id, rid)
         if found is None:
@@ -204,7 +204,7 @@ async def response(request, rid):
 
 @api_view("POST")
 async def cancel(request, rid):
-    key = await _authenticate(request)
+    key = await authenticate_async(request)
     found = await sync_to_async(store.load)(key.user_id, rid)
     if found is None:
         raise rp.not_found(rid)
@@ -222,7 +222,7 @@ async def cancel(request, rid):
 
 @api_view("GET")
 async def input_items(request, rid):
-    key = await _authenticate(request)
+    key = await authenticate_async(request)
     found = await sync_to_async(store.load)(key.user_id, rid)
     if found is None:
         raise rp.not_found(rid)

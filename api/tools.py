@@ -2,21 +2,19 @@
 
 A call is ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` (inference.toolcalls) whose
 arguments follow that function's ``parameters`` schema, enforced while sampling by a grammar
-built with the structured-output converter (api.schema) and bounded by its limits.
+built with the structured-output converter (inference.structured) and bounded by its limits.
 ``required`` and a named function run under it from the first token; ``auto`` lets the model
 write freely until it opens a call.
 """
 import json
-import re
 
-from inference.toolcalls import CLOSE, OPEN
+from inference import structured as schemas
+from inference.structured import MAX_TOOL_DESCRIPTION_CHARS as MAX_DESCRIPTION_CHARS
+from inference.structured import TOOL_NAME as NAME
 
-from . import schema as schemas
 from .errors import invalid
 
-NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_TOOLS = 128  # OpenAI's own limit
-MAX_DESCRIPTION_CHARS = 8192
 CHOICES = ("none", "auto", "required")
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
 
@@ -119,18 +117,11 @@ def assistant_calls(message, index):
 
 
 def grammar(tools, choice, parallel):
-    """The GBNF for the calls ``choice`` allows ("auto", "required" or a name): one call, or with
-    ``parallel`` one or more, each a JSON object of a tool's name and its valid arguments."""
-    chosen = [t for t in tools if choice in ("auto", "required") or t["name"] == choice]
-    named = {f"call{i}": {"type": "object", "properties": {"name": {"const": t["name"]}, "arguments": t["parameters"]},
-                          "required": ["name", "arguments"], "additionalProperties": False}
-             for i, t in enumerate(chosen)}
+    """The GBNF for the calls ``choice`` allows (inference.structured.tool_call_grammar), or the
+    400 error saying why these tools cannot be enforced together."""
     try:
-        rules = schemas.grammar_for_rules(named)
+        return schemas.tool_call_grammar(tools, choice, parallel)
     except schemas.SchemaTooLarge as exc:
         raise invalid(f"These tools are too large to enforce together: {exc}", "tools", "schema_too_large") from None
     except schemas.SchemaError as exc:
         raise invalid(f"These tools cannot be enforced: {exc}", "tools", "unsupported_schema") from None
-    block = f'"{OPEN}" "\\n"? call "\\n"? "{CLOSE}"'
-    return "\n".join([f"root ::= {block}" + (f' ("\\n"? {block})*' if parallel else ""),
-                      "call ::= " + " | ".join(named), rules])

@@ -18,15 +18,15 @@ from django.views.decorators.csrf import csrf_exempt
 from chat.models import Conversation
 from inference import toolcalls
 from inference.models import all_models, get_model, model_features
+from inference.structured import validation_error
 from inference.workers import alive_workers
 from usage.quotas import QuotaExceeded
 
 from . import params, prompt_size
-from .auth import authenticate
+from .auth import authenticate_async
 from .models import ApiKey
 from .errors import ApiError, error_response, method_not_allowed, not_found
 from .runner import Run, close_when_dropped, create_rows
-from .schema import validation_error
 
 logger = logging.getLogger(__name__)
 FINISH = {"stop": "stop", "length": "length", "stopped": "stop", "tool_calls": "tool_calls"}
@@ -58,11 +58,6 @@ def api_view(*methods):
     return wrap
 
 
-@sync_to_async
-def _authenticate(request):
-    return authenticate(request)
-
-
 def _model_entry(model):
     try:
         features = model_features(model)
@@ -76,14 +71,14 @@ def _model_entry(model):
 
 @api_view("GET")
 async def list_models(request):
-    await _authenticate(request)
+    await authenticate_async(request)
     entries = await sync_to_async(lambda: [_model_entry(m) for m in all_models()])()
     return JsonResponse({"object": "list", "data": entries})
 
 
 @api_view("GET")
 async def retrieve_model(request, name):
-    await _authenticate(request)
+    await authenticate_async(request)
     model = next((m for m in all_models() if m.name == name), None)
     if model is None:
         raise ApiError(404, f"The model '{name[:100]}' does not exist on this server.", param="model",
@@ -144,7 +139,7 @@ def generation_error(row):
     return ApiError(503, f"The generation failed: {text}", "server_error", code="generation_failed", retry_after=1)
 
 
-def _choice_error(plan, choice):
+def choice_error(plan, choice):
     """None, or the ApiError a finished choice stands for (an error, or an answer that does not
     follow its response_format, which the grammar should make impossible)."""
     row = choice.row
@@ -207,7 +202,7 @@ def _read(request, parse):
 
 
 async def _start(request, parse):
-    key = await _authenticate(request)
+    key = await authenticate_async(request)
     plan, prompt_tokens = await sync_to_async(_read, thread_sensitive=False)(request, parse)
     if not await sync_to_async(_served)(plan.model):
         raise ApiError(503, f"No device worker is serving the model '{plan.model}' right now: try again later.",
@@ -231,7 +226,7 @@ async def _serve(request, parse, shape):
                 if problem is not None:
                     raise problem  # closing the run (below) stops the answers; they keep their text
             for choice in run.choices:
-                problem = _choice_error(plan, choice)
+                problem = choice_error(plan, choice)
                 if problem:
                     await _discard_refused(run, problem)
                     raise problem
@@ -245,7 +240,7 @@ async def _serve(request, parse, shape):
                 break
         if run.finished:
             for choice in run.choices:
-                problem = _choice_error(plan, choice)
+                problem = choice_error(plan, choice)
                 if problem and choice.row["status"] in ("error", "interrupted"):
                     await _discard_refused(run, problem)
                     raise problem
@@ -307,7 +302,7 @@ async def _sse(plan, run, early, updates, shape, authority):
                 for chunk in shape.deltas(plan, run, choice, kind, piece):
                     yield _data(chunk)
                 continue
-            problem = _choice_error(plan, choice)
+            problem = choice_error(plan, choice)
             if problem is not None:
                 yield _data(problem.payload())
                 return

@@ -10,8 +10,9 @@ from django.http import HttpResponse, JsonResponse
 from django.utils.http import content_disposition_header
 
 from api.errors import ApiError, invalid
+from api.auth import authenticate_async
 from api.params import parse_body
-from api.views import _authenticate, api_view
+from api.views import api_view
 
 from . import service, uploads
 from .models import Batch, BatchFile
@@ -117,7 +118,7 @@ def _expires_after(form):
 
 @api_view("GET", "POST")
 async def files(request):
-    key = await _authenticate(request)
+    key = await authenticate_async(request)
     if request.method == "POST":
         return JsonResponse(await sync_to_async(_upload)(request, key))
     queryset = BatchFile.objects.filter(owner_id=key.user_id)
@@ -129,7 +130,7 @@ async def files(request):
 
 @api_view("GET", "DELETE")
 async def file_detail(request, file_id):
-    key = await _authenticate(request)
+    key = await authenticate_async(request)
 
     def work():
         found = _file_of(key.user_id, file_id)
@@ -143,7 +144,7 @@ async def file_detail(request, file_id):
 
 @api_view("GET")
 async def file_content(request, file_id):
-    key = await _authenticate(request)
+    key = await authenticate_async(request)
     found = await sync_to_async(_file_of)(key.user_id, file_id)
     response = HttpResponse(bytes(found.data), content_type="application/jsonl")
     response["Content-Disposition"] = content_disposition_header(True, found.filename)
@@ -182,7 +183,7 @@ def _input_file(data, key):
 
 @api_view("GET", "POST")
 async def batches(request):
-    key = await _authenticate(request)
+    key = await authenticate_async(request)
     if request.method == "POST":
         from inference.publish import remember_server_loop
         import asyncio
@@ -202,13 +203,13 @@ async def batches(request):
 
 @api_view("GET")
 async def batch_detail(request, batch_id):
-    key = await _authenticate(request)
+    key = await authenticate_async(request)
     return JsonResponse(await sync_to_async(lambda: _batch_of(key.user_id, batch_id).as_api())())
 
 
 @api_view("POST")
 async def batch_cancel(request, batch_id):
-    key = await _authenticate(request)
+    key = await authenticate_async(request)
 
     def work():
         batch = _batch_of(key.user_id, batch_id)

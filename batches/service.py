@@ -126,6 +126,16 @@ def cancel(batch):
     return batch
 
 
+def cancel_all_of(user):
+    """Cancel every batch of ``user`` still running (their account is being deleted:
+    chat.signals.account_closing, connected by batches.apps)."""
+    for batch in Batch.objects.filter(owner=user, status__in=Batch.ACTIVE):
+        try:
+            cancel(batch)
+        except Exception:
+            logger.exception("could not cancel batch %s of a deleted account", batch.pk)
+
+
 def _stop_running(batch):
     for line in BatchLine.objects.filter(batch=batch, status=L.RUNNING):
         for message_id in line.message_ids:
@@ -208,20 +218,7 @@ def _plan(line):
 
 
 def _enqueue(message_id, model):
-    """dispatch.enqueue from a thread with no event loop of its own."""
-    from inference.publish import _own_loop, server_loop
-
-    loop = server_loop()
-    if loop is None and not settings.REDIS_URL:
-        from inference.embedded import EmbeddedWorker, get_worker
-        from inference.models import get_model
-
-        worker = get_worker(get_model(model).device)
-        if not isinstance(worker, EmbeddedWorker):  # a child process: events come back over its pipe
-            worker.submit(str(message_id), None)
-            return ""
-        loop = _own_loop()
-    return dispatch.enqueue(str(message_id), model, loop)
+    return dispatch.enqueue_from_thread(message_id, model)
 
 
 def _fill(batch):
@@ -306,7 +303,7 @@ def _collect(batch):
 
 
 def _finish_line(batch, line, rows):
-    from api.views import ChatShape, _choice_error
+    from api.views import ChatShape, choice_error
 
     tokens = sum((r or {}).get("completion_tokens") or 0 for r in rows)
     statuses = {(r or {}).get("status") for r in rows}
@@ -326,7 +323,7 @@ def _finish_line(batch, line, rows):
     choices = [Choice(i, mid, done=True, row=row) for i, (mid, row) in enumerate(zip(line.message_ids, rows))]
     request_id = f"req_{line.message_ids[0]}"
     for choice in choices:
-        problem = _choice_error(plan, choice)
+        problem = choice_error(plan, choice)
         if problem is not None:
             body = problem.payload()
             return _end_line(line, L.FAILED, {"status_code": problem.status, "request_id": request_id, "body": body},

@@ -18,6 +18,7 @@ from inference import dispatch, erasure
 from .export import iter_zip, safe_name, user_conversations
 from .login_throttle import LoginAttempt, Throttled, with_retry_after
 from .models import Conversation, Message
+from .signals import account_closing
 from .socket_auth import recheck_sockets
 
 logger = logging.getLogger(__name__)
@@ -101,14 +102,7 @@ class DeleteAccountForm(forms.Form):
 def _stop_everything(user):
     """Stop the user's answers and batches before their rows go, so no worker keeps generating
     for a deleted account."""
-    from batches import service as batch_service
-    from batches.models import Batch
-
-    for batch in Batch.objects.filter(owner=user, status__in=Batch.ACTIVE):
-        try:
-            batch_service.cancel(batch)
-        except Exception:
-            logger.exception("could not cancel batch %s of a deleted account", batch.pk)
+    account_closing.send(sender=type(user), user=user)
     active = Message.objects.filter(conversation__owner=user, status__in=Message.ACTIVE).values_list("pk", flat=True)
     for message_id in active:
         dispatch.stop(str(message_id))

@@ -60,8 +60,7 @@ def options_for(conv, round_):
     names = enabled_names(conv)
     if not names:
         return {}
-    from api.errors import ApiError
-    from api.tools import grammar
+    from inference.structured import SchemaError, tool_call_grammar
     from inference.tool_runner import tool_specs
 
     specs = tool_specs(names)
@@ -69,8 +68,9 @@ def options_for(conv, round_):
     try:
         # "required": the first answer of a turn is one call from its first token (and ends with
         # it); otherwise the grammar switches on when the model opens a call, and holds one or more.
-        text = grammar(specs, "required", False) if required else grammar(specs, "auto", True)
-    except ApiError as exc:
+        text = (tool_call_grammar(specs, "required", False) if required
+                else tool_call_grammar(specs, "auto", True))
+    except SchemaError as exc:
         raise ToolsUnavailable(f"This chat's tools cannot be used together: {exc}") from None
     return {"tools": specs, "grammar": text, "grammar_waits_for_call": not required, "tool_round": round_}
 

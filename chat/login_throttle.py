@@ -25,7 +25,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django_ratelimit.core import get_usage
 
-from smolsite.client_address import address_key
+from .client_address import address_key
 
 logger = logging.getLogger(__name__)
 

@@ -190,3 +190,10 @@ class ToolCall(models.Model):
     @property
     def is_busy(self):
         return self.status in self.BUSY
+
+
+def generations_in_flight(user_id):
+    """The user's answers pending or streaming, each holding its ``reserved_tokens`` (usage.quotas
+    counts them: registered by chat.apps)."""
+    return Message.objects.filter(conversation__owner_id=user_id, role=Message.Role.ASSISTANT,
+                                  status__in=Message.ACTIVE)

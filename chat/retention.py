@@ -3,14 +3,14 @@ messages. Never a kept one, and never one with an answer pending or streaming (o
 still running in it). Batches that finished that long ago go too, with their lines (bodies and
 answers) and their files. Whatever that setting, stored files past their ``expires_at`` are
 deleted (rows and the bytes in them). Run periodically: Celery beat scaled out (chat.tasks), a
-thread of the web process embedded (``start_retention``)."""
+thread of the web process embedded (``start_retention``). The batches' part of a pass is in
+batches.retention, registered here by batches.apps (``register``)."""
 import logging
 import threading
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .models import Conversation, Message
@@ -21,12 +21,26 @@ logger = logging.getLogger(__name__)
 CHUNK = 200  # conversations locked and deleted per transaction
 
 
-def _busy_batch_conversations():
-    """Conversations a running batch line still collects its answer from."""
-    from batches.models import BatchLine
+# What other apps add to a pass, registered at startup by the apps above chat (batches.apps):
+# chat sits below them and never imports them (docs/architecture.md, Layers).
+_passes = []  # functions run at the start of every pass, before the conversations' purge
+_busy = []  # functions giving the ids of conversations another app still collects answers from
 
-    return set(BatchLine.objects.filter(status__in=(BatchLine.Status.STARTING, BatchLine.Status.RUNNING))
-               .exclude(conversation_id=None).values_list("conversation_id", flat=True))
+
+def register(run=None, busy_conversations=None):
+    """Add ``run()`` to every pass and/or ``busy_conversations()`` (a set of conversation ids that
+    purge_expired must leave alone)."""
+    if run is not None and run not in _passes:
+        _passes.append(run)
+    if busy_conversations is not None and busy_conversations not in _busy:
+        _busy.append(busy_conversations)
+
+
+def _busy_conversations():
+    busy = set()
+    for source in _busy:
+        busy |= set(source())
+    return busy
 
 
 def purge_expired(days=None, now=None):
@@ -39,7 +53,7 @@ def purge_expired(days=None, now=None):
     expired = Conversation.objects.filter(updated_at__lt=cutoff, kept=False)
     candidates = list(expired.exclude(messages__status__in=Message.ACTIVE).order_by("pk")
                       .values_list("pk", flat=True).distinct())
-    busy = _busy_batch_conversations() if candidates else set()
+    busy = _busy_conversations() if candidates else set()
     conversations = messages = 0
     deleted_ids = []
     for start in range(0, len(candidates), CHUNK):
@@ -65,61 +79,11 @@ def purge_expired(days=None, now=None):
     return conversations, messages
 
 
-def purge_batches(days=None, now=None):
-    """Delete the batches that finished more than ``days`` (default the retention setting) ago,
-    with their lines and their input, output and error files. Returns (batches, lines, files)."""
-    from batches.models import Batch, BatchFile
-
-    days = settings.SMOLSITE_RETENTION_DAYS if days is None else days
-    if not days or days <= 0:
-        return 0, 0, 0
-    cutoff = (now or timezone.now()) - timedelta(days=days)
-    old = (Batch.objects.exclude(status__in=Batch.ACTIVE)
-           .annotate(_ended=Coalesce("completed_at", "failed_at", "cancelled_at", "expired_at", "created_at"))
-           .filter(_ended__lt=cutoff))
-    batches = lines = files = 0
-    for start in range(0, old.count(), CHUNK):
-        chunk = list(old.order_by("pk").values("pk", "input_file_id", "output_file_id", "error_file_id")[:CHUNK])
-        if not chunk:
-            break
-        file_ids = {row[k] for row in chunk for k in ("input_file_id", "output_file_id", "error_file_id")} - {None}
-        with transaction.atomic():
-            # An input file another, still running batch reads stays (it goes when it expires).
-            file_ids -= set(Batch.objects.filter(status__in=Batch.ACTIVE, input_file_id__in=file_ids)
-                            .values_list("input_file_id", flat=True))
-            _, counts = Batch.objects.filter(pk__in=[row["pk"] for row in chunk]).delete()
-            files += BatchFile.objects.filter(pk__in=file_ids).delete()[0]
-        batches += counts.get("batches.Batch", 0)
-        lines += counts.get("batches.BatchLine", 0)
-    if batches:
-        logger.info("retention: deleted %d batch(es), %d line(s) and %d file(s) finished over %g day(s) ago",
-                    batches, lines, files, days)
-    return batches, lines, files
-
-
-def purge_expired_files(now=None):
-    """Delete stored files past their ``expires_at`` (never the input of a batch still running).
-    Returns the number deleted."""
-    from batches.models import Batch, BatchFile
-
-    running_inputs = Batch.objects.filter(status__in=Batch.ACTIVE).exclude(input_file=None).values("input_file_id")
-    expired = BatchFile.objects.filter(expires_at__lt=now or timezone.now()).exclude(pk__in=running_inputs)
-    deleted = 0
-    while True:
-        ids = list(expired.values_list("pk", flat=True)[:CHUNK])
-        if not ids:
-            break
-        deleted += BatchFile.objects.filter(pk__in=ids).delete()[0]
-    if deleted:
-        logger.info("retention: deleted %d expired file(s)", deleted)
-    return deleted
-
-
 def run_once():
     """One periodic pass; errors are logged, never raised (the timer keeps going)."""
     try:
-        purge_expired_files()
-        purge_batches()
+        for run in _passes:  # batches: expired files, finished batches (batches.retention)
+            run()
         return purge_expired()
     except Exception:
         logger.exception("retention pass failed")

@@ -59,6 +59,13 @@ _payers = {}
 _payers_lock = threading.Lock()
 
 
+def _charge(job_id, result, now, fallback=None):
+    """The usage ledger row of a finished generation (usage.ledger.record), given its message as
+    stored now (None once its chat was deleted)."""
+    message = Message.objects.select_related("conversation", "conversation__api_key").filter(pk=job_id).first()
+    return ledger.record(job_id, message, result, now=now, fallback=fallback)
+
+
 class MessageStore(JobStore):
     def claim(self, job_id, worker_id):
         updated = Message.objects.filter(pk=job_id, status=Message.Status.PENDING).update(
@@ -128,14 +135,14 @@ class MessageStore(JobStore):
             )
             if not saved:
                 # Ended elsewhere (the reaper) or deleted: the tokens were used all the same.
-                ledger.record(job_id, result, now=now, fallback=payer)
+                _charge(job_id, result, now, fallback=payer)
                 return False
             Conversation.objects.filter(messages__pk=job_id).update(updated_at=now)
             if result.tool_calls:
                 save_tool_calls(job_id, result.tool_calls, self._call_status(job_id, result))
             # The usage ledger: once per generation, in the transaction that ends it (so its
             # reserved tokens and its used tokens are never both, or neither, counted).
-            ledger.record(job_id, result, now=now)
+            _charge(job_id, result, now)
         return True
 
     @staticmethod

@@ -36,6 +36,23 @@ def enqueue(job_id, model_name, loop=None, affinity=""):
         return ""
 
 
+def enqueue_from_thread(job_id, model_name):
+    """``enqueue`` from a thread with no event loop of its own (the batch driver, a background
+    response queued again): the server's loop when there is one, else the publishers' own."""
+    from .publish import _own_loop, server_loop
+
+    loop = server_loop()
+    if loop is None and not settings.REDIS_URL:
+        from .embedded import EmbeddedWorker, get_worker
+
+        worker = get_worker(get_model(model_name).device)
+        if not isinstance(worker, EmbeddedWorker):  # a child process: events come back over its pipe
+            worker.submit(str(job_id), None)
+            return ""
+        loop = _own_loop()
+    return enqueue(str(job_id), model_name, loop)
+
+
 def stop(job_id):
     request_stop(job_id)
     if not settings.REDIS_URL:

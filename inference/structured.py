@@ -8,6 +8,11 @@ format, string length, primitive) and silently ignores keywords the others would
 some keywords entirely (minimum, multipleOf, uniqueItems, not, if/then/else, ...). ``check``
 walks the schema the same way and refuses whatever that branch would drop. Answers are then
 validated with ``jsonschema`` as a second guard.
+
+Also the grammar of tool calls (``tool_call_grammar``): every call a JSON object of a tool's name
+and arguments valid against its ``parameters`` schema. The engine and the chat page's tools need
+it below the API; the API's 400 errors for a bad request (api.params, api.tools) wrap these
+exceptions there.
 """
 import copy
 import hashlib
@@ -15,6 +20,8 @@ import json
 import re
 
 import jsonschema
+
+from .toolcalls import CLOSE, OPEN
 
 # Keywords that constrain nothing (kept out of the grammar, allowed anywhere).
 ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
@@ -419,3 +426,24 @@ def validation_error(text, schema=None):
     except jsonschema.ValidationError as exc:
         return f"the answer does not match the schema: {exc.message}"
     return None
+
+
+# ---- tool calls ----------------------------------------------------------------------------
+
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+MAX_TOOL_DESCRIPTION_CHARS = 8192
+
+
+def tool_call_grammar(tools, choice, parallel):
+    """The GBNF for the calls ``choice`` allows ("auto", "required" or a tool's name) among
+    ``tools`` ([{"name", "parameters"}]): one call, or with ``parallel`` one or more, each
+    ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` (inference.toolcalls) with valid
+    arguments. Raises SchemaTooLarge or SchemaError (the tools together cannot be enforced)."""
+    chosen = [t for t in tools if choice in ("auto", "required") or t["name"] == choice]
+    named = {f"call{i}": {"type": "object", "properties": {"name": {"const": t["name"]}, "arguments": t["parameters"]},
+                          "required": ["name", "arguments"], "additionalProperties": False}
+             for i, t in enumerate(chosen)}
+    rules = grammar_for_rules(named)
+    block = f'"{OPEN}" "\\n"? call "\\n"? "{CLOSE}"'
+    return "\n".join([f"root ::= {block}" + (f' ("\\n"? {block})*' if parallel else ""),
+                      "call ::= " + " | ".join(named), rules])

@@ -35,9 +35,9 @@ MAX_ARGUMENT_CHARS = 100_000
 
 @dataclass(frozen=True)
 class Tool:
-    name: str  # ^[a-zA-Z0-9_-]{1,64}$ (api.tools.NAME)
+    name: str  # ^[a-zA-Z0-9_-]{1,64}$ (inference.structured.TOOL_NAME)
     description: str
-    parameters: dict  # JSON Schema of type object, enforceable by api.schema (checked when collected)
+    parameters: dict  # JSON Schema of type object, enforceable by inference.structured (checked when collected)
     fn: Callable  # fn(arguments: dict, context: ToolContext) -> str | dict | list (dict/list sent as JSON)
     timeout: float | None = None  # seconds; None: settings.SMOLSITE_TOOL_TIMEOUT
 
@@ -64,8 +64,9 @@ _collected = None  # (plugin manager, its register_tools implementations, {name:
 
 def _problem(tool):
     """Why ``tool`` cannot be offered to a model, or None."""
-    from api import schema as schemas
-    from api.tools import MAX_DESCRIPTION_CHARS, NAME
+    from . import structured as schemas
+    from .structured import MAX_TOOL_DESCRIPTION_CHARS as MAX_DESCRIPTION_CHARS
+    from .structured import TOOL_NAME as NAME
 
     if not isinstance(tool, Tool):
         return f"{tool!r:.80} is not an inference.tool_runner.Tool"
@@ -126,7 +127,8 @@ def registered_tools(pm=None):
 
 def tool_specs(names):
     """[{"name", "description", "parameters"}] of the named registered tools, in the order
-    given (unknown and repeated names skipped): what GenerationRequest.tools and api.tools.grammar take."""
+    given (unknown and repeated names skipped): what GenerationRequest.tools and
+    inference.structured.tool_call_grammar take."""
     tools = registered_tools()
     specs, seen = [], set()
     for name in names:

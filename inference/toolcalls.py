@@ -9,7 +9,7 @@ One format for every model, SmolLM3's (and Hermes'):
 
 A template that knows tools (SmolLM3's ``xml_tools``) describes them itself; any other gets the
 same description in its system turn (``tool_block``), so tools work on every model. The grammar
-that makes a call well formed is built in ``api.tool_grammar``; the sampler switches it on when
+that makes a call well formed is built in ``inference.structured.tool_call_grammar``; the sampler switches it on when
 the model opens a call (``plugins.llama_cpp.sampling.CallTrigger``).
 """
 import json

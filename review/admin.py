@@ -1,5 +1,7 @@
 """The audit log (read-only, undeletable from the admin, superusers included) and the users page
-with each user's usage per model and their quota."""
+with each user's usage per model and their quota. Importing chat_admin and batches_admin
+registers the admin of conversations, messages and batches: review sits above chat and batches
+(docs/architecture.md, Layers), so they never import it."""
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
@@ -10,6 +12,7 @@ from django.utils.html import format_html, format_html_join
 
 from usage.models import UsageRecord, UserQuota
 
+from . import batches_admin, chat_admin  # noqa: F401  (they register their ModelAdmins)
 from .access import TextLookupGuard, deleted_objects
 from .models import AuditRecord
 

@@ -1,4 +1,5 @@
-"""Batches in the admin: their state and counts. Line bodies, answers and errors, and a batch's
+"""Batches in the admin (registered by review/admin.py: its pages are gated by review's access
+policy): their state and counts. Line bodies, answers and errors, and a batch's
 validation errors and metadata, are text (errors quote request values and model output): no list,
 change page, search or filter shows or matches them. With SMOLSITE_ADMIN_READ_MESSAGES on, a
 reviewer reads a batch's errors, metadata and line errors on its own page, behind a reason given
@@ -14,11 +15,11 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from review import access
-from review.forms import ReasonForm
-from review.models import AuditRecord
+from batches.models import Batch, BatchFile, BatchLine
 
-from .models import Batch, BatchFile, BatchLine
+from . import access
+from .forms import ReasonForm
+from .models import AuditRecord
 
 BATCH_TEXT = ("errors", "metadata")
 LINE_TEXT = ("body", "response", "error")

@@ -1,5 +1,6 @@
 """Admin review of sessions: conversations (with a read-only transcript and an export action) and
-messages (metrics, a review flag and note).
+messages (metrics, a review flag and note). Registered by review/admin.py: the admin of chat's
+models is review's, since every page of it is gated by review's access policy.
 
 Message text (content, reasoning, system prompts, request options, error text, and titles, which
 are made from the first message) never appears on these pages, their inlines, lists, search or
@@ -21,14 +22,14 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import content_disposition_header
 
-from review import access
-from review import views as review_views
-from review.forms import ReasonForm
-from review.models import AuditRecord
-from review.transcript import queue_wait
+from chat import export
+from chat.models import Conversation, Message
 
-from . import export
-from .models import Conversation, Message
+from . import access
+from . import views as review_views
+from .forms import ReasonForm
+from .models import AuditRecord
+from .transcript import queue_wait
 
 
 def masked(conv):

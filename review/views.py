@@ -1,5 +1,5 @@
 """The transcript page and the reason gate in front of it; mounted under the conversation admin
-(chat/admin.py), so they are admin pages (staff login) with their own permission on top."""
+(review/chat_admin.py), so they are admin pages (staff login) with their own permission on top."""
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import render

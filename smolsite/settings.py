@@ -326,10 +326,10 @@ if SMOLSITE_HTTPS:
     # decision for the domain's owner, not for this application (hence the silenced W021).
     SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
-# Client addresses (smolsite.client_address): how many proxies in front of the site append to
+# Client addresses (chat.client_address): how many proxies in front of the site append to
 # X-Forwarded-For and are believed. 0: the connection's peer, no header read (anyone can send one).
 SMOLSITE_TRUSTED_PROXIES = int(os.environ.get("SMOLSITE_TRUSTED_PROXIES", "1" if SMOLSITE_HTTPS else "0"))
-RATELIMIT_IP_META_KEY = "smolsite.client_address.client_ip"  # django-ratelimit's key="ip" uses it too
+RATELIMIT_IP_META_KEY = "chat.client_address.client_ip"  # django-ratelimit's key="ip" uses it too
 # Failed sign-ins (site and admin, chat.login_throttle), counted in windows of
 # SMOLSITE_LOGIN_LOCK_MINUTES: per account (from one address it stops at half, so a guesser at one
 # address cannot lock the owner out) and per client address (larger: a NAT hides many people).

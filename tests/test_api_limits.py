@@ -16,7 +16,8 @@ from django.contrib.auth import get_user_model
 from django.db import close_old_connections, connection
 from django.test import AsyncClient
 
-from api import params, prompt_size, schema as schemas
+from api import params, prompt_size
+from inference import structured as schemas
 from api.models import ApiKey
 from api.runner import create_rows
 from chat.models import Conversation, Message

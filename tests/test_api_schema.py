@@ -41,7 +41,7 @@ NOT_ENFORCEABLE = [
 def test_enforceable_schemas_become_grammars_llama_cpp_accepts(schema, default_model_path):
     import llama_cpp
 
-    from api.schema import grammar_for_schema
+    from inference.structured import grammar_for_schema
 
     grammar = grammar_for_schema(schema)
     params = llama_cpp.llama_model_default_params()
@@ -58,14 +58,14 @@ def test_enforceable_schemas_become_grammars_llama_cpp_accepts(schema, default_m
 
 @pytest.mark.parametrize("schema, why", NOT_ENFORCEABLE)
 def test_schemas_the_grammar_would_not_enforce_are_refused_with_the_reason(schema, why):
-    from api.schema import SchemaError, grammar_for_schema
+    from inference.structured import SchemaError, grammar_for_schema
 
     with pytest.raises(SchemaError, match=why):
         grammar_for_schema(schema)
 
 
 def test_answers_are_checked_against_the_schema():
-    from api.schema import validation_error
+    from inference.structured import validation_error
 
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     assert validation_error('{"n": 3}\n', schema) is None
@@ -75,7 +75,7 @@ def test_answers_are_checked_against_the_schema():
     assert validation_error("[1]", None) == "the answer is not a JSON object"
 
 
-# What one schema may cost (api.schema.LIMITS): each over-limit schema is refused before any
+# What one schema may cost (inference.structured.LIMITS): each over-limit schema is refused before any
 # conversion, naming the limit. The sizes an outsider used to stall or crash the server included.
 TOO_LARGE = [
     ({"type": "string", "maxLength": 2_000_000}, "repetition"),  # crashed the worker (SIGSEGV)
@@ -102,7 +102,7 @@ TOO_LARGE = [
 
 @pytest.mark.parametrize("schema, limit", TOO_LARGE)
 def test_schemas_over_a_limit_are_refused_naming_it(schema, limit):
-    from api.schema import LIMITS, SchemaTooLarge, grammar_for_schema
+    from inference.structured import LIMITS, SchemaTooLarge, grammar_for_schema
 
     with pytest.raises(SchemaTooLarge) as caught:
         grammar_for_schema(schema)
@@ -111,7 +111,7 @@ def test_schemas_over_a_limit_are_refused_naming_it(schema, limit):
 
 
 def test_a_grammar_over_its_size_limit_is_refused(monkeypatch):
-    from api import schema as schemas
+    from inference import structured as schemas
 
     many = {"type": "object", "properties": {f"p{i}": {"type": "string", "format": "date-time"} for i in range(90)},
             "required": [f"p{i}" for i in range(90)]}
@@ -127,7 +127,7 @@ def test_the_largest_accepted_schemas_become_grammars_llama_cpp_parses(default_m
     """At every limit, the grammar is one llama.cpp parses (no deep nesting to overflow a stack)."""
     import llama_cpp
 
-    from api.schema import LIMITS, grammar_for_schema
+    from inference.structured import LIMITS, grammar_for_schema
 
     n = LIMITS["repetition"]
     largest = [
@@ -157,7 +157,7 @@ def test_an_enum_becomes_a_trie_of_exactly_its_values():
     and the rule still matches exactly the values: checked by expanding the GBNF back to strings."""
     import re
 
-    from api.schema import grammar_for_schema
+    from inference.structured import grammar_for_schema
 
     values = ["red", "green", "grey", "gr", "", "a\"b", "value-1", "value-10", "value-2"]
     grammar = grammar_for_schema({"enum": values + [3, None]})

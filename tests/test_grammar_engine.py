@@ -34,7 +34,7 @@ def collect(backend, req):
 @pytest.mark.parametrize("params", [{"temperature": 0.0}, {"temperature": 0.9, "seed": 7, "top_p": 0.95}])
 def test_filtering_the_likeliest_tokens_first_answers_as_filtering_every_token(bundled_registry, monkeypatch,
                                                                               params):
-    from api.schema import grammar_for_schema
+    from inference.structured import grammar_for_schema
     from plugins.llama_cpp import sampling
 
     backend = bundled_registry().backend("m")
@@ -80,7 +80,7 @@ def test_a_grammar_too_costly_for_the_shared_step_ends_itself_and_spares_a_bysta
 
 
 def test_an_enum_answer_is_one_of_its_values(bundled_registry):
-    from api.schema import grammar_for_schema
+    from inference.structured import grammar_for_schema
 
     backend = bundled_registry().backend("m")
     values = [f"option-{i}" for i in range(1000)]

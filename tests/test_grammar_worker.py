@@ -43,7 +43,7 @@ def server(tmp_path_factory, default_model_path):
 
 
 def worst_accepted():
-    from api.schema import LIMITS
+    from inference.structured import LIMITS
 
     n = LIMITS["repetition"]
     return {

@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 from django.utils import timezone
 
+from batches import retention as batch_retention
 from chat import retention
 from chat.models import Conversation, Message
 
@@ -77,7 +78,7 @@ def test_off_by_default_and_when_zero(settings):
     assert settings.SMOLSITE_RETENTION_DAYS == 0
     assert retention.purge_expired() == (0, 0)
     assert retention.purge_expired(days=0) == (0, 0)
-    assert retention.purge_batches() == (0, 0, 0)
+    assert batch_retention.purge_batches() == (0, 0, 0)
     # (The timer itself still starts: stored files expire whatever this setting.)
     assert exists(conv)
 
@@ -244,13 +245,13 @@ def test_a_pass_deletes_old_finished_batches_with_their_lines_and_files(settings
     shared, _ = make_batch(alice, 40 * DAY, "failed", "shared")
     Batch.objects.filter(pk=running.pk).update(input_file=shared.input_file)
 
-    assert retention.purge_batches() == (3, 3, 8)  # the shared input file stays
+    assert batch_retention.purge_batches() == (3, 3, 8)  # the shared input file stays
     assert set(Batch.objects.values_list("pk", flat=True)) == {running.pk, recent.pk}
     assert set(BatchLine.objects.values_list("batch_id", flat=True)) == {running.pk, recent.pk}
     left = set(BatchFile.objects.values_list("pk", flat=True))
     assert not left & {f.pk for f in old_files + cancelled_files}
     assert {f.pk for f in running_files + recent_files} | {shared.input_file_id} == left
-    assert retention.purge_batches() == (0, 0, 0)
+    assert batch_retention.purge_batches() == (0, 0, 0)
 
 
 @pytest.mark.django_db
@@ -267,8 +268,8 @@ def test_expired_files_are_deleted_whatever_the_retention_setting(settings):
     Batch.objects.create(owner=alice, status="in_progress", input_file=running_input)
     now = timezone.now()
     BatchFile.objects.filter(pk__in=[gone.pk, running_input.pk]).update(expires_at=now - DAY)
-    assert retention.purge_expired_files() == 1
+    assert batch_retention.purge_expired_files() == 1
     assert set(BatchFile.objects.values_list("pk", flat=True)) == {kept.pk, forever.pk, running_input.pk}
     # The default expiry (30 days) applies to every stored file.
-    assert retention.purge_expired_files(now=now + 31 * DAY) == 1
+    assert batch_retention.purge_expired_files(now=now + 31 * DAY) == 1
     assert set(BatchFile.objects.values_list("pk", flat=True)) == {forever.pk, running_input.pk}

@@ -18,15 +18,13 @@ def payer(message):
             "source": source, "model": message.model_name or conv.model}
 
 
-def record(message_id, result, now=None, fallback=None):
-    """The ledger row of message ``message_id`` (made once: calling again changes nothing).
-    When the message is gone (its chat was deleted while it generated), the row is written
-    without it from ``fallback`` (``payer()`` of the message, taken when it was claimed): the
-    tokens were used all the same, and a quota that forgot them could be bypassed by deleting."""
-    from chat.models import Message
-
-    message = (Message.objects.select_related("conversation", "conversation__api_key")
-               .filter(pk=message_id).first())
+def record(message_id, message, result, now=None, fallback=None):
+    """The ledger row of message ``message_id`` (made once: calling again changes nothing);
+    ``message`` is that row as the job store (chat.store) has it now, with its conversation and
+    API key, or None. When the message is gone (its chat was deleted while it generated), the row
+    is written without it from ``fallback`` (``payer()`` of the message, taken when it was
+    claimed): the tokens were used all the same, and a quota that forgot them could be bypassed
+    by deleting."""
     if message is None and fallback is None:
         return None
     who = payer(message) if message is not None else fallback
@@ -41,9 +39,9 @@ def record(message_id, result, now=None, fallback=None):
 
         if not get_user_model().objects.filter(pk=who["user_id"]).exists():
             return None  # the whole account was deleted: nobody left to charge
-        from api.models import ApiKey
-
-        if defaults["api_key_id"] and not ApiKey.objects.filter(pk=defaults["api_key_id"]).exists():
+        # The API key model (api.ApiKey) through the ledger's own relation: usage sits below api.
+        keys = UsageRecord._meta.get_field("api_key").related_model.objects
+        if defaults["api_key_id"] and not keys.filter(pk=defaults["api_key_id"]).exists():
             defaults["api_key_id"] = None  # the name stays
         try:
             with transaction.atomic():

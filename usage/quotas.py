@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta, timezone as dt_timezone
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
@@ -70,11 +71,23 @@ def next_month(now):
     return start + timedelta(days=calendar.monthrange(start.year, start.month)[1])
 
 
-def _active(user_id):
-    from chat.models import Message
+# The generations a user has in flight hold their reserved tokens on their own rows, which live in
+# an app above usage (chat.Message.reserved_tokens): chat registers how to find them at startup
+# (chat.apps), since usage never imports it.
+_generations_in_flight = None
 
-    return Message.objects.filter(conversation__owner_id=user_id, role=Message.Role.ASSISTANT,
-                                  status__in=Message.ACTIVE)
+
+def count_in_flight_with(rows):
+    """Register ``rows(user_id)``: a queryset of the user's generations pending or streaming, each
+    with ``reserved_tokens``."""
+    global _generations_in_flight
+    _generations_in_flight = rows
+
+
+def _active(user_id):
+    if _generations_in_flight is None:
+        raise ImproperlyConfigured("usage.quotas: no app registered its generations in flight (chat.apps does)")
+    return _generations_in_flight(user_id)
 
 
 def tokens_used(user_id, since):
