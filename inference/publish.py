@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 
 from channels.layers import get_channel_layer
 
@@ -19,6 +20,13 @@ logger = logging.getLogger(__name__)
 # feel on 2 cores: with the pub/sub layer 25 ms batches kept ~97.5% of raw tokens/s on the
 # Celery path and 50 ms ~100% (bench/run.py; the list-based layer needed 100 ms for that).
 FLUSH_SECONDS = float(os.environ.get("SMOLSITE_FLUSH_MS", "50")) / 1000
+# A batch costs the web process about the same whatever it holds (a hop between threads or
+# processes, the channel layer, a write to each client), and with many answers at once each
+# batch holds a token or two: under load the batches grow instead, so a process sends about
+# EVENTS_PER_SECOND batches in all, shared by its answers, and no answer waits more than
+# MAX_FLUSH_SECONDS between batches (what the eye still reads as streaming).
+EVENTS_PER_SECOND = float(os.environ.get("SMOLSITE_EVENTS_PER_SECOND", "60"))
+MAX_FLUSH_SECONDS = 0.25
 # A batch the layer refused (Redis restarting) is sent again after these pauses, later batches
 # waiting behind it: a lost middle batch is recovered from the saved text, a lost "done" never is.
 RESEND_SECONDS = (0.25, 0.5, 1, 2, 4, 8)
@@ -26,6 +34,20 @@ EVENT_TYPE = "gen.events"  # handled by the consumer's gen_events method
 TEXT_KINDS = ("text", "reasoning", "tool")  # "tool": a call being written (inference.toolcalls)
 
 _local = threading.local()
+_streaming = weakref.WeakSet()  # this process's publishers between their first text and close()
+_streaming_lock = threading.Lock()
+
+
+def streaming_answers():
+    with _streaming_lock:
+        return len(_streaming)
+
+
+def flush_interval(base):
+    """The pause between batches of one answer when ``streaming_answers()`` are streaming."""
+    if base <= 0 or EVENTS_PER_SECOND <= 0:
+        return base
+    return max(base, min(MAX_FLUSH_SECONDS, streaming_answers() / EVENTS_PER_SECOND))
 _loop_thread = None
 _loop_thread_lock = threading.Lock()
 
@@ -74,6 +96,7 @@ class Publisher:
         self.layer = layer or get_channel_layer()
         self.loop = loop or publish_loop()
         self.flush_seconds = flush_seconds
+        self._interval = flush_seconds  # grows with the answers this process streams (flush_interval)
         self.seq = 0
         self._pending = []
         self._last_flush = 0.0
@@ -98,7 +121,7 @@ class Publisher:
             return False
         if not self._text_sent and any(e["kind"] in TEXT_KINDS for e in self._pending):
             return True
-        return time.monotonic() - self._last_flush >= self.flush_seconds
+        return time.monotonic() - self._last_flush >= self._interval
 
     def flush(self):
         """Number the pending events and hand them to the loop; returns the last seq sent."""
@@ -106,7 +129,12 @@ class Publisher:
         if not self._pending:
             return self.seq
         events, self._pending = self._pending, []
-        self._text_sent = self._text_sent or any(e["kind"] in TEXT_KINDS for e in events)
+        if not self._text_sent and any(e["kind"] in TEXT_KINDS for e in events):
+            self._text_sent = True
+            with _streaming_lock:
+                _streaming.add(self)
+        if self._text_sent:
+            self._interval = flush_interval(self.flush_seconds)
         for event in events:
             self.seq += 1
             event["seq"] = self.seq
@@ -134,6 +162,8 @@ class Publisher:
 
     def close(self, timeout=30):
         self.flush()
+        with _streaming_lock:
+            _streaming.discard(self)
         for future in self._futures:
             try:
                 future.result(timeout)
