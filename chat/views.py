@@ -99,9 +99,15 @@ def conversation(request, pk):
 def _unavailable(model_name):
     """What to tell the user when no live device worker holds the chat's model (a missing or corrupt
     model file, no worker started): otherwise they would send and wait for an answer that cannot come."""
-    served = {name for worker in alive_workers() for name in worker.get("models", [])}
+    workers = alive_workers()
+    served = {name for worker in workers for name in worker.get("models", [])}
     if model_name in served:
         return ""
+    if any(model_name in (worker.get("unavailable") or {}) for worker in workers):
+        # A plugin's worker is up but cannot serve it now (its upstream server is down): it comes
+        # back by itself when the server answers again.
+        return (f"The model {model_name} is unavailable right now: the server that runs it is not answering. "
+                "Answers will fail until it is back; try again in a moment or pick another model.")
     return (f"The model {model_name} is unavailable right now: no device worker has it loaded. "
             "Answers will fail until an administrator fixes it (see /readyz).")
 

@@ -18,6 +18,7 @@ GGML_BLOCKS = {
     21: (256, 110), 22: (256, 82), 23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8),
     28: (1, 8), 29: (256, 56), 30: (1, 2), 34: (256, 54), 35: (256, 66), 39: (32, 17),
 }
+_U64 = struct.Struct("<Q")
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 # Arrays longer than this are skipped, not decoded (tokenizer vocabularies).
 _KEEP_ARRAY = 64
@@ -88,6 +89,17 @@ class _Reader:
             if self.pos + size > len(self.buf):
                 raise GGUFError(f"{self.path}: GGUF file is truncated (metadata array runs past the end)")
             self.pos += size
+        elif item_type == 8:
+            # A tokenizer's vocabulary is ~50k strings: step over their lengths without decoding them
+            # (the first API request of a process reads the chat template after them).
+            buf, pos, end = self.buf, self.pos, len(self.buf)
+            for _ in range(count):
+                if pos + 8 > end:
+                    raise GGUFError(f"{self.path}: GGUF file is truncated (metadata array runs past the end)")
+                pos += 8 + _U64.unpack_from(buf, pos)[0]
+            if pos > end:
+                raise GGUFError(f"{self.path}: GGUF file is truncated (string runs past the end of the file)")
+            self.pos = pos
         else:
             for _ in range(count):
                 self.value(item_type, keep=False)

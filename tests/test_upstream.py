@@ -228,6 +228,7 @@ def test_a_hung_upstream_is_marked_down_pages_answer_and_messages_fail_fast(site
         assert "llama-a" in unavailable(site)[ALIAS]
         status, html = page(site, f"/c/{alice['conversation']}/", who="bob", timeout=10)
         assert status == 200 and "model-unavailable" in html and "on llama-a: unavailable" in html
+        assert "the server that runs it is not answering" in html and "no device worker" not in html
         models = [m.id for m in client_for(site, "bob").models.list().data]
         assert ALIAS in models
         with pytest.raises(openai.APIStatusError) as refused:
