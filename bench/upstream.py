@@ -8,7 +8,9 @@ people (8) at once stream the same prompts straight to the upstream, then throug
 Prints one JSON line per round and a summary line: aggregate output tokens/s (every answer's
 tokens, counted with the model's own tokenizer, over the wall time from the first request to the
 last answer's end) and time to first token (median, worst) each way, the tokens/s ratio
-(smolsite / direct; goal >= 0.95) and the median time to first token added (goal <= 50 ms).
+(smolsite / direct; goal >= 0.95) and the median time to first token added (goal <= 50 ms), for
+the N at once and for one person alone (``solo_``: the added time without a serial engine's queue
+in it; the rounds alternate which way goes first).
 Progress goes to stderr. Nothing here is a pass/fail threshold: the numbers are reported.
 
     .venv/bin/python bench/upstream.py [--people 8] [--max-tokens 64] [--rounds 2]
@@ -83,12 +85,12 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def round_of(base_url, keys, max_tokens, count, pids=None):
+def round_of(base_url, keys, max_tokens, count, pids=None, offset=0):
     """One round of len(keys) people at once; ``pids``: {label: pid} whose CPU seconds per output
     token the round reports."""
     before = {label: cpu_seconds(pid) for label, pid in (pids or {}).items()}
     out, start = [None] * len(keys), threading.Event()
-    threads = [threading.Thread(target=one, args=(base_url, key, PROMPTS[i % len(PROMPTS)], max_tokens, out, i, start))
+    threads = [threading.Thread(target=one, args=(base_url, key, PROMPTS[(i + offset) % len(PROMPTS)], max_tokens, out, i, start))
                for i, key in enumerate(keys)]
     for t in threads:
         t.start()
@@ -161,13 +163,21 @@ def main():
         # upstream's stream, publish events and serve the clients' streams).
         pids = {"upstream": upstream.proc.pid, "smolsite": site.proc.pid}
         results = {"direct": [], "smolsite": []}
+        solo = {"direct": [], "smolsite": []}
+        ways = [("direct", upstream.url, [upstream.api_key] * args.people), ("smolsite", site.url + "/v1", keys)]
         for r in range(args.rounds):
-            for way, url, ks in (("direct", upstream.url, [upstream.api_key] * args.people),
-                                 ("smolsite", site.url + "/v1", keys)):
+            order = ways if r % 2 == 0 else ways[::-1]  # whoever goes first is not always the same
+            for way, url, ks in order:
                 log(f"round {r + 1}: {args.people} at once, {way}")
                 res = round_of(url, ks, args.max_tokens, count, pids)
                 results[way].append(res)
                 print(json.dumps({"round": r + 1, "way": way, "people": args.people, **res}), flush=True)
+            # One person alone each way: the time to first token smolsite adds, without the queue
+            # of a serial engine in it. Each its own prompt (the engine keeps the last one cached).
+            for j, (way, url, ks) in enumerate(order):
+                res = round_of(url, ks[:1], args.max_tokens, count, pids, offset=2 * r + j + 1)
+                solo[way].append(res)
+                print(json.dumps({"round": r + 1, "way": way, "people": 1, **res}), flush=True)
         direct_tps = sum(x["tokens"] for x in results["direct"]) / sum(x["wall_s"] for x in results["direct"])
         site_tps = sum(x["tokens"] for x in results["smolsite"]) / sum(x["wall_s"] for x in results["smolsite"])
         d_ttft = statistics.median(x["ttft_median_ms"] for x in results["direct"])
@@ -180,6 +190,12 @@ def main():
                               x["smolsite_cpu_ms_per_token"] for x in results["smolsite"]),
                           "upstream_cpu_ms_per_token": statistics.median(
                               x["upstream_cpu_ms_per_token"] for x in results["smolsite"]),
+                          "solo_direct_ttft_ms": round(statistics.median(x["ttft_median_ms"] for x in solo["direct"]), 1),
+                          "solo_smolsite_ttft_ms": round(statistics.median(x["ttft_median_ms"] for x in solo["smolsite"]), 1),
+                          "solo_added_ttft_ms": round(statistics.median(
+                              s["ttft_median_ms"] - d["ttft_median_ms"] for d, s in zip(solo["direct"], solo["smolsite"])), 1),
+                          "solo_tps_ratio": round(statistics.median(
+                              s["tokens_per_s"] / d["tokens_per_s"] for d, s in zip(solo["direct"], solo["smolsite"])), 3),
                           "goals": GOALS}), flush=True)
     finally:
         if site is not None:
