@@ -2,6 +2,7 @@
 SQLite file, and Debian's chromium driven through Playwright."""
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -116,3 +117,77 @@ def browser(server):
         b = launch(p)
         yield b
         b.close()
+
+
+# ---- page helpers (a Playwright page of the chat) ----------------------------------------------
+
+# Records, page-side, every length each answer has while it is streaming (window.__lengths[id]) and
+# its raw streamed text (window.__raw[id]); run with page.evaluate before sending.
+RECORD_STREAMING = """() => {
+    window.__lengths = {}; window.__raw = {};
+    new MutationObserver(() => {
+        for (const el of document.querySelectorAll('.msg-assistant')) {
+            const c = el.querySelector('.content.streaming');
+            if (!c) continue;
+            window.__raw[el.dataset.message] = c.textContent;
+            if (el.dataset.status === 'streaming') {
+                (window.__lengths[el.dataset.message] ||= []).push(c.textContent.length);
+            }
+        }
+    }).observe(document.getElementById('thread-region'), {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def new_chat(page, model):
+    page.click(".new-chat button")
+    page.wait_for_url(re.compile(r"/c/\d+/$"))
+    page.wait_for_selector("#composer-input")
+    if page.input_value("#model-select") != model:
+        with page.expect_response(lambda r: r.url.endswith("/model/") and r.request.method == "POST") as info:
+            page.select_option("#model-select", model)
+        assert info.value.status == 200
+    return int(re.search(r"/c/(\d+)/$", page.url).group(1))
+
+
+def save_settings(page, temperature, max_tokens):
+    """Set the chat's temperature and max tokens in its settings panel, and close it."""
+    page.click("[data-settings-toggle]")
+    page.fill("#id_max_tokens", str(max_tokens))
+    page.fill("#id_temperature", str(temperature))
+    page.click("#settings-form button[type=submit]")
+    page.wait_for_selector("#settings-form .saved:text('Saved.')")
+    page.click("[data-settings-close]")
+
+
+def assistant_ids(page):
+    return page.eval_on_selector_all(".msg-assistant", "els => els.map(e => Number(e.dataset.message))")
+
+
+def wait_new_answer(page, before):
+    """The id of the assistant message that appears after an action (the thread frame)."""
+    handle = page.wait_for_function(
+        """before => {
+            const el = [...document.querySelectorAll('.msg-assistant')]
+                .find(e => !before.includes(Number(e.dataset.message)));
+            return el ? Number(el.dataset.message) : null;
+        }""", arg=before)
+    return handle.json_value()
+
+
+def send(page, text):
+    before = assistant_ids(page)
+    page.fill("#composer-input", text)
+    page.press("#composer-input", "Enter")
+    return wait_new_answer(page, before)
+
+
+def wait_final(page, message_id):
+    """Wait for the final frame (rendered Markdown) and return the message's status."""
+    selector = f"#msg-{message_id}:not([data-status=pending]):not([data-status=streaming]) .content.markdown"
+    page.wait_for_selector(selector, state="attached")
+    return page.get_attribute(f"#msg-{message_id}", "data-status")
+
+
+def content_text(page, message_id):
+    """The answer's text as shown (the Markdown render adds a trailing newline)."""
+    return page.eval_on_selector(f"#msg-{message_id} .content", "el => el.textContent").rstrip("\n")

@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from browser_support import ARTIFACTS, LiveServer, browser  # noqa: F401 (browser: a fixture)
+from browser_support import browser  # noqa: F401 (a fixture)
+from browser_support import (ARTIFACTS, RECORD_STREAMING, LiveServer, assistant_ids, content_text, new_chat, send,
+                             wait_final, wait_new_answer)
 from smollm3_tiny import write_tiny_smollm3
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
@@ -71,53 +73,6 @@ def page(browser, account, server):
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
-# ---- page helpers -------------------------------------------------------------------------
-
-def new_chat(page, model):
-    page.click(".new-chat button")
-    page.wait_for_url(re.compile(r"/c/\d+/$"))
-    page.wait_for_selector("#composer-input")
-    if page.input_value("#model-select") != model:
-        with page.expect_response(lambda r: r.url.endswith("/model/") and r.request.method == "POST") as info:
-            page.select_option("#model-select", model)
-        assert info.value.status == 200
-    return int(re.search(r"/c/(\d+)/$", page.url).group(1))
-
-
-def assistant_ids(page):
-    return page.eval_on_selector_all(".msg-assistant", "els => els.map(e => Number(e.dataset.message))")
-
-
-def wait_new_answer(page, before):
-    """The id of the assistant message that appears after an action (the thread frame)."""
-    handle = page.wait_for_function(
-        """before => {
-            const el = [...document.querySelectorAll('.msg-assistant')]
-                .find(e => !before.includes(Number(e.dataset.message)));
-            return el ? Number(el.dataset.message) : null;
-        }""", arg=before)
-    return handle.json_value()
-
-
-def send(page, text):
-    before = assistant_ids(page)
-    page.fill("#composer-input", text)
-    page.press("#composer-input", "Enter")
-    return wait_new_answer(page, before)
-
-
-def wait_final(page, message_id):
-    """Wait for the final frame (rendered Markdown) and return the message's status."""
-    selector = f"#msg-{message_id}:not([data-status=pending]):not([data-status=streaming]) .content.markdown"
-    page.wait_for_selector(selector, state="attached")
-    return page.get_attribute(f"#msg-{message_id}", "data-status")
-
-
-def content_text(page, message_id):
-    """The answer's text as shown (the Markdown render adds a trailing newline)."""
-    return page.eval_on_selector(f"#msg-{message_id} .content", "el => el.textContent").rstrip("\n")
-
-
 # A page-side check run on every DOM change: the answer shown is always a prefix of what the
 # echo model will say, so a duplicated or skipped batch shows up the moment it is drawn.
 PREFIX_WATCH = """
@@ -162,20 +117,7 @@ def test_real_model_streams_tokens_into_the_page(page, server):
     page.screenshot(path=ARTIFACTS / "02-settings.png")
     page.click("[data-settings-close]")
 
-    # Record, page-side, every length the answer has while it is streaming, and the raw text.
-    page.evaluate("""() => {
-        window.__lengths = {}; window.__raw = {};
-        new MutationObserver(() => {
-            for (const el of document.querySelectorAll('.msg-assistant')) {
-                const c = el.querySelector('.content.streaming');
-                if (!c) continue;
-                window.__raw[el.dataset.message] = c.textContent;
-                if (el.dataset.status === 'streaming') {
-                    (window.__lengths[el.dataset.message] ||= []).push(c.textContent.length);
-                }
-            }
-        }).observe(document.getElementById('thread-region'), {subtree: true, childList: true, characterData: true});
-    }""")
+    page.evaluate(RECORD_STREAMING)
     question = "Write a story about a dragon who learns to bake bread."
     reply = send(page, question)
     page.wait_for_selector(f"#msg-{reply}[data-status=streaming]")

@@ -5,92 +5,26 @@ the API with the official client, batches, billing, and the upstream stopped and
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 
 import openai
 import pytest
 
-from browser_support import ARTIFACTS, REPO
-from live_stack import (LiveServer, assembled_text, http, live_database, open_socket, saved_partial_text, send,
-                        until_final, wait_for)
-from upstream_support import ALIAS, LlamaServer
+from live_stack import assembled_text, http, open_socket, saved_partial_text, send, until_final, wait_for
+# site, upstream: fixtures. tests/test_upstream_failover.py and test_upstream_smolsite.py import
+# STORY, served and start_site from here.
+from upstream_support import ALIAS, STORY, TOKEN, served, site, start_site, upstream  # noqa: F401
 
 pytestmark = pytest.mark.model
 
-TOKEN = "metrics-token-for-upstream-tests"
-STORY = "Write the numbers from 1 to 300, separated by commas."  # SmolLM2 at temperature 0: a long answer
 DEADLINE = 150
-SETUP = """
-import json
-from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.test import Client
-from api.models import ApiKey
-from chat.models import Conversation
-from usage.models import UserQuota
-
-out = {}
-for name, limits in (("alice", {}), ("bob", {}), ("spent", {"tokens_per_day": 1})):
-    user = get_user_model().objects.create_user(name, password="pw-123456789")
-    if limits:
-        UserQuota.objects.create(user=user, **limits)
-    conv = Conversation.objects.create(owner=user, model=%(model)r, temperature=0.0, max_tokens=%(max_tokens)d,
-                                       thinking=False)
-    client = Client()
-    client.force_login(user)
-    out[name] = {"key": ApiKey.create_for(user, f"{name}'s key")[1], "conversation": conv.pk, "name": name,
-                 "session": client.cookies[settings.SESSION_COOKIE_NAME].value}
-print(json.dumps(out))
-"""
-
-
-def start_site(workdir, upstreams, name, database_url=None, model=ALIAS, max_tokens=48):
-    models = {"echo": {"path": "", "backend": "echo", "device": "cpu"}}  # no local llama.cpp: CPU for upstreams
-    site = LiveServer(workdir, models, ARTIFACTS / f"{name}.log", database_url=database_url, env={
-        "SMOLSITE_UPSTREAMS": json.dumps(upstreams), "SMOLSITE_UPSTREAM_PROBE_SECONDS": "1",
-        "SMOLSITE_UPSTREAM_PROBE_TIMEOUT": "1", "SMOLSITE_METRICS_TOKEN": TOKEN,
-        "SMOLSITE_BATCH_TICK_SECONDS": "0.3"}).start()
-    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", SETUP % {"model": model, "max_tokens": max_tokens}],
-                         cwd=REPO, env=site.env, check=True, capture_output=True, text=True, timeout=120).stdout
-    site.people = json.loads(out.strip().splitlines()[-1])
-    return site
-
-
-def served(site, model=ALIAS):
-    """The upstream worker's heartbeat lists the model (what pages and /v1 read for availability)."""
-    status, body = http(site.url + "/readyz", headers={"Authorization": f"Bearer {TOKEN}"})
-    if status is None:
-        return False
-    workers = json.loads(body)["checks"]["workers"].get("workers", [])
-    return any(model in (w.get("models") or []) for w in workers)
 
 
 def unavailable(site):
     """/readyz's detail (for the metrics token): models no healthy upstream serves now, with why."""
     status, body = http(site.url + "/readyz", headers={"Authorization": f"Bearer {TOKEN}"})
     return json.loads(body)["checks"]["workers"].get("unavailable", {}) if status else {}
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory, default_model_path):
-    server = LlamaServer(tmp_path_factory.mktemp("llama-upstream"), default_model_path).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory, upstream):
-    ARTIFACTS.mkdir(exist_ok=True)
-    with live_database("upstream") as database_url:
-        live = start_site(tmp_path_factory.mktemp("upstream-site"), [upstream.config()], "upstream-site", database_url)
-        try:
-            wait_for(lambda: served(live), 60, "the upstream's model to be discovered")
-            yield live
-        finally:
-            live.stop()
 
 
 def client_for(site, who="alice"):
