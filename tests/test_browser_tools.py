@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from browser_support import ARTIFACTS, LiveServer, browser  # noqa: F401 (browser: a fixture)
+from browser_support import ARTIFACTS, LiveServer, browser, send  # noqa: F401 (browser: a fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
 
@@ -92,19 +92,6 @@ def tools_chat(page, ask=False):
     assert page.is_checked("#tools-settings input[value=calculator]")
     page.click("[data-settings-close]")
     return int(re.search(r"/c/(\d+)/$", page.url).group(1))
-
-
-def send(page, text):
-    before = page.eval_on_selector_all(".msg-assistant", "els => els.map(e => Number(e.dataset.message))")
-    page.fill("#composer-input", text)
-    page.press("#composer-input", "Enter")
-    handle = page.wait_for_function(
-        """before => {
-            const el = [...document.querySelectorAll('.msg-assistant')]
-                .find(e => !before.includes(Number(e.dataset.message)));
-            return el ? Number(el.dataset.message) : null;
-        }""", arg=before)
-    return handle.json_value()
 
 
 def card(page, call_id):
