@@ -55,6 +55,7 @@ class RecordingPublisher:
 
     def close(self, timeout=10):
         self.flush()
+        self._inner.close(timeout)  # no longer counted among the answers streaming (publish.flush_interval)
         self.closed = True
 
 
