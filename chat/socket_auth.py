@@ -4,7 +4,7 @@ A socket is authenticated once, at connect; this re-checks it on every frame, ev
 SMOLSITE_WS_AUTH_SECONDS while idle, and (at most once a second) before forwarding new events:
 the session must still exist, its user be active with an unchanged password (the session's auth
 hash), and the chat still be theirs. Otherwise the socket is told why and closed with a code the
-page acts on instead of reconnecting (static/chat/chat.js)."""
+page acts on instead of reconnecting (static/chat/socket.js)."""
 import asyncio
 import logging
 from importlib import import_module

@@ -412,7 +412,7 @@ def test_phone_width_and_keyboard(browser, account, server):
     context.close()
 
 
-# Page-side record of every frame the socket delivers, before chat.js handles it.
+# Page-side record of every frame the socket delivers, before static/chat/ handles it.
 RECORD_FRAMES = """
 window.__frames = [];
 document.addEventListener('htmx:wsBeforeMessage', (evt) => {
