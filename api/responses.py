@@ -10,7 +10,7 @@ import json
 import time
 
 from asgiref.sync import sync_to_async
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import JsonResponse
 
 from chat.models import Message
 from inference import dispatch
@@ -23,8 +23,8 @@ from . import response_store as store
 from .auth import authenticate_async
 from .errors import ApiError, invalid
 from .response_shape import EventStream, response_object
-from .runner import Run, close_when_dropped, stop_messages
-from .views import Authority, _quota_error, _served, api_view, choice_error, sse_comment, stream_items
+from .runner import Run, stop_messages
+from .views import Authority, _quota_error, _served, api_view, choice_error, sse_comment, sse_response, stream_items
 
 CANCEL_WAIT_SECONDS = 10  # a cancelled answer's worker ends it at its next step
 
@@ -97,11 +97,7 @@ async def create(request):
             if problem and run.choices[0].row["status"] in ("error", "interrupted"):
                 await _discard_refused(req, mid, problem)
                 raise rp.renamed(problem, [], 0)
-        response = StreamingHttpResponse(_events(req, run, early, updates, authority),
-                                         content_type="text/event-stream")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        close_when_dropped(response, run)
+        response = sse_response(_events(req, run, early, updates, authority), run)
         handed_over = True
         return response
     finally:

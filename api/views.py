@@ -245,11 +245,7 @@ async def _serve(request, parse, shape):
                 if problem and choice.row["status"] in ("error", "interrupted"):
                     await _discard_refused(run, problem)
                     raise problem
-        response = StreamingHttpResponse(_sse(plan, run, early, updates, shape, authority),
-                                         content_type="text/event-stream")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        close_when_dropped(response, run)
+        response = sse_response(_sse(plan, run, early, updates, shape, authority), run)
         handed_over = True
         return response
     finally:
@@ -276,6 +272,15 @@ async def stream_items(early, updates):
         yield item
     async for item in updates:
         yield item
+
+
+def sse_response(events, run):
+    """A server-sent events response streaming ``events``; the run is closed when it is dropped."""
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # proxies must pass each event on at once
+    close_when_dropped(response, run)
+    return response
 
 
 def sse_comment(kind, piece):
