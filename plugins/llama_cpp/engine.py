@@ -15,6 +15,7 @@ import llama_cpp
 from inference.backends import Delta, Finish, Queued
 
 from .fairness import StepCosts, decode_jobs
+from .interrupt import ABORTED, StepInterrupt
 from .kv import SlotTable
 from .sampling import Detokenizer, Sampler, StopStrings
 from .scheduler import Scheduler
@@ -87,6 +88,9 @@ class BatchEngine:
         self.preemptions = 0
         self.last_fill = 0.0
         self.costs = StepCosts()
+        self.interrupt = StepInterrupt(ctx)
+        self.interruptible = ()  # the jobs of a long prompt step under way with nobody else in it
+        self.interruptions = 0
         self.thread = threading.Thread(target=self._run, name=f"smolsite-{name}", daemon=True)
         self.thread.start()
 
@@ -97,6 +101,8 @@ class BatchEngine:
                 raise RuntimeError("the engine is shut down")
             self._mark(job, "submitted")
             self.scheduler.add(job, job.user, job.priority)
+            if self.interruptible and self._admissible(job):
+                self.interrupt.raise_()  # a person waits: they go in the next step, not after this one
             self._announce_positions()
             self.cv.notify()
         return job
@@ -104,6 +110,8 @@ class BatchEngine:
     def cancel(self, job):
         with self.cv:
             job.cancel()
+            if job in self.interruptible:
+                self.interrupt.raise_()
             self.cv.notify()
 
     def forget_cached(self, timeout=30):
@@ -133,7 +141,8 @@ class BatchEngine:
         with self.cv:
             data = {"running": len(self.active), "waiting": len(self.scheduler), "slots": self.slots_max,
                     "batch_fill": self.last_fill, "steps": self.steps,
-                    "decoded_tokens": self.decoded, "preemptions": self.preemptions}
+                    "decoded_tokens": self.decoded, "preemptions": self.preemptions,
+                    "interrupted_steps": self.interruptions}
             data.update(self.table.stats())
         return data
 
@@ -231,6 +240,11 @@ class BatchEngine:
         if changed:
             self._announce_positions()
 
+    def _admissible(self, job):
+        """Whether a waiting person's request would be admitted now (under the lock)."""
+        return (job.priority == "interactive" and len(self.active) < self.slots_max
+                and self.scheduler.running[job.user] < self.scheduler.per_user)
+
     def _announce_positions(self):
         """Tell each waiting job how many are ahead of it, when that changed (under the lock)."""
         for ahead, job in enumerate(self.scheduler.order()):
@@ -285,8 +299,25 @@ class BatchEngine:
             self._fail(newest, "the server's context memory is full: try again in a moment")
             return
         self._fill_batch(rows)
+        # A step bigger than a chunk holds only prompts (nobody streams, one prompt waits): it
+        # is the one step that can last long enough for a newcomer to notice.
+        long_step = not decoding and len(rows) > self.chunk_tokens and self.interrupt.supported
+        if long_step:
+            with self.cv:
+                if any(self._admissible(j) for j in self.scheduler.order()):
+                    return  # someone arrived since admission: admit them first
+                self.interrupt.clear()
+                self.interruptible = {r[0] for r in rows}
         self.costs.start()
         rc = llama_cpp.llama_decode(self.ctx, self.batch)
+        if long_step:
+            with self.cv:  # disarmed before the next step, which must never be ended
+                self.interruptible = ()
+                self.interrupt.clear()
+        if rc == ABORTED and long_step:
+            # llama.cpp dropped the step's KV entries; the prompts go on from where they were.
+            self.interruptions += 1
+            return
         self.steps += 1
         self.decoded += len(rows)
         self.last_fill = len(rows) / self.batch_tokens
