@@ -19,7 +19,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from chat import actions
-from chat.models import Conversation, Message, ToolCall
+from chat.generation.follow import RESYNC_TRIES, RESYNC_WAIT
+from chat.models import Conversation, Message, ToolCall, conversation_group
 from inference import dispatch
 from inference.publish import remember_server_loop
 from usage.quotas import reserve
@@ -164,7 +165,7 @@ class Run:
         self.by_id = {c.message_id: c for c in self.choices}
         self.model = model
         self.layer = get_channel_layer()
-        self.group = f"conv.{conversation_id}"
+        self.group = conversation_group(conversation_id)
         self.channel = None
         self._queue = []
         self.created = int(time.time())
@@ -242,7 +243,7 @@ class Run:
     async def _resync(self, choice, first_seq):
         """Events before ``first_seq`` were lost: take the text the worker saved (it saves at
         least once a second), then go on from its seq."""
-        for _ in range(25):
+        for _ in range(RESYNC_TRIES):
             row = (await database_sync_to_async(_rows)([choice.message_id])).get(choice.message_id)
             if row is None:
                 break
@@ -252,7 +253,7 @@ class Run:
                 self._catch_up(choice, row)
                 choice.seq = row["stream_seq"]
                 return
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(RESYNC_WAIT)
 
     def _catch_up(self, choice, row):
         for kind, have, saved in (("reasoning", choice.reasoning, row["reasoning"]),
@@ -301,7 +302,7 @@ async def stop_messages(message_ids):
         try:
             await sync_to_async(dispatch.stop, thread_sensitive=False)(str(message_id))
             if await database_sync_to_async(actions.cancel_pending)(message_id):
-                await get_channel_layer().group_send(f"conv.{await _conversation_of(message_id)}", {
+                await get_channel_layer().group_send(conversation_group(await _conversation_of(message_id)), {
                     "type": "gen.events", "message": message_id,
                     "events": [{"seq": 1, "kind": "done", "status": "stopped", "error": "", "stats": {}}]})
         except Exception:

@@ -21,7 +21,7 @@ from django.utils import timezone
 from inference import dispatch
 from usage.quotas import QuotaExceeded, reserve
 
-from .models import Conversation, Message, ToolCall
+from .models import Conversation, Message, ToolCall, conversation_group
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _group_send(group, payload):
 
 def announce_calls(conversation_id, message_id):
     """Every tab redraws the answer's cards (consumer ``tool_update``)."""
-    _group_send(f"conv.{conversation_id}", {"type": "tool.update", "message": message_id})
+    _group_send(conversation_group(conversation_id), {"type": "tool.update", "message": message_id})
 
 
 # ---- running calls -------------------------------------------------------------------------

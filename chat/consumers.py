@@ -16,14 +16,13 @@ from inference import dispatch
 from inference.publish import remember_server_loop
 
 from . import actions, agent, limits
-from .models import Conversation, Message
+from .generation.follow import RESYNC_TRIES, RESYNC_WAIT
+from .models import Conversation, Message, conversation_group
 from .rendering import message_context, thread_context
 from .socket_auth import NOT_ALLOWED, SIGNED_OUT, TOO_MANY, SessionRecheckMixin, contains_nul
 
 logger = logging.getLogger(__name__)
 
-RESYNC_TRIES = 20
-RESYNC_WAIT = 0.2  # the worker saves progress at least once a second
 GENERATING_ACTIONS = ("send", "regenerate", "edit")
 
 
@@ -51,7 +50,7 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
             return await self.refuse(TOO_MANY, str(exc))
         self.socket_counted = True
         remember_server_loop(asyncio.get_running_loop())
-        self.group = f"conv.{self.conversation_id}"
+        self.group = conversation_group(self.conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         self.start_auth_watch()

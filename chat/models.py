@@ -4,6 +4,12 @@ from django.db import models
 from django.utils import timezone
 
 
+def conversation_group(conversation_id):
+    """The channel-layer group of a conversation: its open tabs and the API requests that follow
+    its answers, to which its generations' events, tool updates and re-checks are sent."""
+    return f"conv.{conversation_id}"
+
+
 class Conversation(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, default="New chat")
@@ -43,7 +49,7 @@ class Conversation(models.Model):
 
     @property
     def group_name(self):
-        return f"conv.{self.pk}"
+        return conversation_group(self.pk)
 
     def touch(self):
         self.updated_at = timezone.now()

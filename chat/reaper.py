@@ -10,7 +10,7 @@ from django.utils import timezone
 from inference.publish import Publisher
 from inference.workers import alive_workers, is_alive
 
-from .models import Message, ToolCall
+from .models import Message, ToolCall, conversation_group
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def _interrupt(messages, reason, status=Message.Status.INTERRUPTED):
 
 def _announce(message, status, reason):
     try:
-        pub = Publisher(f"conv.{message.conversation_id}", message.pk)
+        pub = Publisher(conversation_group(message.conversation_id), message.pk)
         pub.seq = message.stream_seq
         pub.emit("done", status=status, error=reason, stats={})
         pub.close(timeout=5)

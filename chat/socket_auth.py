@@ -16,7 +16,7 @@ from django.contrib import auth
 from django.contrib.auth import SESSION_KEY
 
 from .limits import renew_socket
-from .models import Conversation
+from .models import Conversation, conversation_group
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def recheck_sockets(conversation_ids):
     async def send():
         for pk in ids:
             try:
-                await layer.group_send(f"conv.{pk}", {"type": "auth.recheck"})
+                await layer.group_send(conversation_group(pk), {"type": "auth.recheck"})
             except Exception:  # the idle re-check closes them within SMOLSITE_WS_AUTH_SECONDS anyway
                 logger.warning("could not ask chat %s's sockets to re-check", pk, exc_info=True)
 

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from chat import actions
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, conversation_group
 from chat.reaper import reap
 from inference import dispatch
 from inference.stop import is_stop_requested, request_stop
@@ -86,7 +86,7 @@ class GroupListener:
     """A member of a conversation's channel-layer group, receiving what the worker publishes."""
 
     def __init__(self, layer, conversation_id):
-        self.layer, self.group = layer, f"conv.{conversation_id}"
+        self.layer, self.group = layer, conversation_group(conversation_id)
         self.events = {}  # message id -> events in arrival order
 
     async def __aenter__(self):

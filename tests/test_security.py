@@ -483,7 +483,7 @@ async def test_a_signed_out_socket_gets_no_new_events(settings):
     comm = await open_socket(conv.pk, key)
     await log_out(key)
     await asyncio.sleep(socket_auth.EVENT_AUTH_SECONDS + 0.1)
-    await get_channel_layer().group_send(f"conv.{conv.pk}", {
+    await get_channel_layer().group_send(conv.group_name, {
         "type": "gen.events", "message": 1, "events": [{"seq": 1, "kind": "text", "text": "secret"}]})
     frames, code = await until_close(comm)
     assert code == 4401
