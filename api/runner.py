@@ -2,9 +2,10 @@
 checks the quotas), the device queue and the conversation's event stream.
 
 The request subscribes to the conversation's channel-layer group before anything is enqueued,
-so no event can be published before it listens. Events are numbered per message; a gap (a lost
-batch) or a silence is filled from the database, which the worker writes at least once a second,
-as the chat page's consumer does.
+so no event can be published before it listens. Its events are followed as the chat page's are
+(chat.generation.follow): a gap (a lost batch) is filled from the database, which the worker
+writes at least once a second, and after a silence an answer that ended with no event saying so
+ends here too.
 """
 import asyncio
 import logging
@@ -19,7 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from chat import actions
-from chat.generation.follow import RESYNC_TRIES, RESYNC_WAIT
+from chat.generation.follow import Follower, has_ended
 from chat.models import Conversation, Message, ToolCall, conversation_group
 from inference import dispatch
 from inference.publish import remember_server_loop
@@ -132,7 +133,6 @@ class Choice:
 
     index: int
     message_id: int
-    seq: int = 0
     text: str = ""
     reasoning: str = ""
     tool_text: str = ""  # the calls as the model writes them (inference.toolcalls)
@@ -153,12 +153,13 @@ def _rows(ids):
     return rows
 
 
-class Run:
+class Run(Follower):
     """Subscribe, enqueue, then iterate ``updates()``: ("text"|"reasoning", choice, piece),
     ("queue", choice, requests ahead), ("idle", None, None) after a silence and ("done", choice,
     None) items, ending when every choice is done."""
 
     def __init__(self, conversation_id, message_ids, model, affinity=""):
+        super().__init__()
         self.conversation_id = conversation_id
         self.affinity = affinity  # the worker that holds the conversation's tokens (scaled out)
         self.choices = [Choice(i, mid) for i, mid in enumerate(message_ids)]
@@ -200,29 +201,26 @@ class Run:
             try:
                 message = await asyncio.wait_for(self.layer.receive(self.channel), SILENCE_SECONDS)
             except asyncio.TimeoutError:
-                await self._check_rows()
+                # Only ends are taken from the rows here: a silence may be a slow layer whose
+                # events are still coming, and the saved row holds no tool call being written.
+                await self.check([c.message_id for c in self.choices if not c.done], catch_up=False)
                 if not self.finished and not self._queue:
                     yield ("idle", None, None)  # a streaming response sends a keep-alive comment
                 continue
             if message.get("type") == "gen.events":
-                await self._on_events(int(message["message"]), message["events"])
+                await self.on_events(int(message["message"]), message["events"])
 
-    async def _on_events(self, message_id, events):
+    async def on_events(self, message_id, events):
         choice = self.by_id.get(message_id)
-        if choice is None or choice.done:
-            return
-        fresh = [e for e in events if e["seq"] > choice.seq]
-        if not fresh:
-            if any(e["kind"] == "done" for e in events):  # the reaper numbers from the saved text
-                await self._finish(choice)
-            return
-        if fresh[0]["seq"] != choice.seq + 1 and fresh[0]["kind"] != "done":
-            await self._resync(choice, fresh[0]["seq"])
-            fresh = [e for e in fresh if e["seq"] > choice.seq]
-            if choice.done:
-                return
-        for event in fresh:
-            choice.seq = event["seq"]
+        if choice is not None and not choice.done:
+            await super().on_events(message_id, events)
+
+    async def read_saved(self, message_ids):
+        return await database_sync_to_async(_rows)(message_ids)
+
+    async def deliver(self, message_id, events):
+        choice = self.by_id[message_id]
+        for event in events:
             if event["kind"] in ("text", "reasoning", "tool") and event.get("text"):
                 self._emit(choice, event["kind"], event["text"])
             elif event["kind"] == "queue":
@@ -230,6 +228,19 @@ class Run:
             elif event["kind"] == "done":
                 await self._finish(choice)
                 return
+
+    async def apply_saved(self, message_id, row):
+        choice = self.by_id[message_id]
+        if has_ended(row):
+            await self._finish(choice, row)
+        else:
+            self._catch_up(choice, row)
+
+    async def ended_elsewhere(self, message_id):
+        await self._finish(self.by_id[message_id])  # the reaper numbers from the saved text
+
+    async def gone(self, message_id):
+        await self._finish(self.by_id[message_id])
 
     def _emit(self, choice, kind, piece):
         if kind == "text":
@@ -240,34 +251,11 @@ class Run:
             choice.reasoning += piece
         self._queue.append((kind, choice, piece))
 
-    async def _resync(self, choice, first_seq):
-        """Events before ``first_seq`` were lost: take the text the worker saved (it saves at
-        least once a second), then go on from its seq."""
-        for _ in range(RESYNC_TRIES):
-            row = (await database_sync_to_async(_rows)([choice.message_id])).get(choice.message_id)
-            if row is None:
-                break
-            if row["status"] not in Message.ACTIVE:
-                return await self._finish(choice, row)
-            if row["stream_seq"] >= first_seq - 1:
-                self._catch_up(choice, row)
-                choice.seq = row["stream_seq"]
-                return
-            await asyncio.sleep(RESYNC_WAIT)
-
     def _catch_up(self, choice, row):
         for kind, have, saved in (("reasoning", choice.reasoning, row["reasoning"]),
                                   ("text", choice.text, row["content"])):
             if len(saved) > len(have) and saved.startswith(have):
                 self._emit(choice, kind, saved[len(have):])
-
-    async def _check_rows(self):
-        pending = [c for c in self.choices if not c.done]
-        rows = await database_sync_to_async(_rows)([c.message_id for c in pending])
-        for choice in pending:
-            row = rows.get(choice.message_id)
-            if row is None or row["status"] not in Message.ACTIVE:
-                await self._finish(choice, row)
 
     async def _finish(self, choice, row=None):
         if choice.done:
@@ -277,7 +265,7 @@ class Run:
         if row is None:
             row = {"status": Message.Status.ERROR, "error": "The answer was deleted.", "content": choice.text,
                    "reasoning": choice.reasoning, "finish_reason": "", "prompt_tokens": 0, "completion_tokens": 0,
-                   "cached_tokens": 0, "stream_seq": choice.seq, "tool_calls": []}
+                   "cached_tokens": 0, "stream_seq": self.seq.get(choice.message_id, 0), "tool_calls": []}
         self._catch_up(choice, row)
         choice.row, choice.done = row, True
         self._queue.append(("done", choice, None))

@@ -16,7 +16,7 @@ from inference import dispatch
 from inference.publish import remember_server_loop
 
 from . import actions, agent, limits
-from .generation.follow import RESYNC_TRIES, RESYNC_WAIT
+from .generation.follow import Follower, has_ended
 from .models import Conversation, Message, conversation_group
 from .rendering import message_context, thread_context
 from .socket_auth import NOT_ALLOWED, SIGNED_OUT, TOO_MANY, SessionRecheckMixin, contains_nul
@@ -36,9 +36,7 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
     async def connect(self):
         self.user = self.scope.get("user")
         self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
-        self.sent_seq = {}  # message id -> last seq sent to this client
-        self.gaps = {}  # message id -> events held back while re-reading the database
-        self.streaming = {}  # message id -> when this tab last heard of it, until its final frame
+        self.follower = SocketFollower(self)
         if not self.user or not self.user.is_authenticated:
             return await self.refuse(SIGNED_OUT)
         await self.remember_auth()
@@ -202,7 +200,7 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
         await self._send_snapshot(int(frame["message"]))
 
     async def _started(self, reply, action):
-        self.sent_seq[reply.pk] = 0
+        self.follower.seq[reply.pk] = 0
         try:
             # Every tab redraws the branch: the new turn (or new branch) is on all of them.
             await self.channel_layer.group_send(self.group, {"type": "thread.changed", "message": reply.pk})
@@ -245,104 +243,31 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
         if not await self.allowed_for_events():
             return
         html, title = await self._thread()
-        self.sent_seq.setdefault(event["message"], 0)
-        self._heard(event["message"])
+        self.follower.seq.setdefault(event["message"], 0)
+        self.follower.hear(event["message"])
         await self.send_json({"type": "thread", "html": html, "title": title, "active": event["message"]})
 
     async def gen_events(self, event):
         if not await self.allowed_for_events():
             return
-        message_id = int(event["message"])
-        if message_id in self.gaps:
-            self.gaps[message_id].extend(event["events"])
-            return
-        last = self.sent_seq.get(message_id, 0)
-        fresh = [e for e in event["events"] if e["seq"] > last]
-        if not fresh:
-            # An end announced by someone else (the reaper numbers from the saved text, which
-            # may lag what this tab has seen) still ends the message here: the saved text with
-            # its status, then the final frame.
-            if any(e["kind"] == "done" for e in event["events"]):
-                await self._send_snapshot(message_id)
-            return
-        if fresh[0]["seq"] != last + 1 and fresh[0]["kind"] != "done":
-            # Events were published before this socket joined the group: re-read the
-            # saved text, then continue from there.
-            self.gaps[message_id] = list(fresh)
-            asyncio.get_running_loop().create_task(self._resync(message_id))
-            return
-        await self._forward(message_id, fresh)
-
-    async def _forward(self, message_id, events):
-        self.sent_seq[message_id] = events[-1]["seq"]
-        self._heard(message_id)
-        await self.send_json({"type": "events", "message": message_id, "events": events})
-        if any(e["kind"] == "done" for e in events):
-            await self._send_final(message_id)
-
-    async def _resync(self, message_id):
-        held = self.gaps[message_id]
-        first = held[0]["seq"]
-        for _ in range(RESYNC_TRIES):
-            snap = await self._snapshot(message_id)
-            if snap is None:
-                break
-            if snap["seq"] >= first - 1 or snap["status"] not in Message.ACTIVE:
-                break
-            await asyncio.sleep(RESYNC_WAIT)
-            held = self.gaps[message_id]
-        held = self.gaps.pop(message_id, [])
-        if snap is None or await self._deliver_snapshot(snap):
-            return
-        rest = [e for e in held if e["seq"] > snap["seq"]]
-        if rest:
-            await self._forward(message_id, rest)
+        await self.follower.on_events(int(event["message"]), event["events"])
 
     async def _send_snapshot(self, message_id):
-        snap = await self._snapshot(message_id)
-        if snap is None:
-            return await self.error("No such message.", action="resume")
-        await self._deliver_snapshot(snap)
-
-    async def _deliver_snapshot(self, snap):
-        """The saved answer, and its final frame when it has ended (then returns True)."""
-        message_id = snap["message"]
-        self.sent_seq[message_id] = snap["seq"]
-        self._heard(message_id)
-        await self.send_json(snap)
-        if snap["status"] in Message.ACTIVE:
-            return False
-        await self._send_final(message_id)
-        return True
+        if not await self.follower.show_saved(message_id):
+            await self.error("No such message.", action="resume")
 
     @database_sync_to_async
-    def _snapshot(self, message_id):
-        m = Message.objects.filter(pk=message_id, conversation_id=self.conversation_id).first()
-        if m is None:
-            return None
-        return {"type": "snapshot", "message": m.pk, "seq": m.stream_seq, "status": m.status,
-                "content": m.content, "reasoning": m.reasoning}
-
-    def _heard(self, message_id):
-        self.streaming[message_id] = asyncio.get_running_loop().time()
+    def _saved(self, message_ids):
+        return {row["id"]: row for row in Message.objects.filter(pk__in=message_ids, conversation_id=self.conversation_id)
+                .values("id", "stream_seq", "status", "content", "reasoning")}
 
     async def on_watch_tick(self):
         """Events travel over the channel layer, which can drop some (Redis restarted, a
         subscription lost for a moment): an answer this tab has heard nothing of for a while is
         re-read from the database and brought up to date, and ended here if it has ended."""
-        now = asyncio.get_running_loop().time()
-        for message_id, heard in list(self.streaming.items()):
-            if now - heard < settings.SMOLSITE_WS_STALL_SECONDS or message_id in self.gaps:
-                continue
-            snap = await self._snapshot(message_id)
-            self.streaming[message_id] = now
-            if snap is None:
-                self.streaming.pop(message_id, None)
-            elif snap["status"] not in Message.ACTIVE or snap["seq"] > self.sent_seq.get(message_id, 0):
-                await self._deliver_snapshot(snap)
+        await self.follower.check(self.follower.silent(settings.SMOLSITE_WS_STALL_SECONDS))
 
     async def _send_final(self, message_id):
-        self.streaming.pop(message_id, None)
         context = await self._message_context(message_id)
         if context is not None:
             html = await off_loop(render_to_string)("chat/_message.html", context)
@@ -363,3 +288,34 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
     def _thread_context(self):
         conv = Conversation.objects.get(pk=self.conversation_id)
         return thread_context(conv), conv.title
+
+
+class SocketFollower(Follower):
+    """The answers a chat socket shows (chat.generation.follow): events go to the page as they
+    come, a saved row as a "snapshot" frame, an ended answer as its "final" HTML."""
+
+    resync_in_background = True  # the socket stays free for Stop while a gap is filled
+
+    def __init__(self, consumer):
+        super().__init__()
+        self.consumer = consumer
+
+    async def read_saved(self, message_ids):
+        return await self.consumer._saved(message_ids)
+
+    async def deliver(self, message_id, events):
+        await self.consumer.send_json({"type": "events", "message": message_id, "events": events})
+        if any(e["kind"] == "done" for e in events):
+            await self.consumer._send_final(message_id)
+
+    async def apply_saved(self, message_id, row):
+        await self.consumer.send_json({"type": "snapshot", "message": message_id, "seq": row["stream_seq"],
+                                       "status": row["status"], "content": row["content"],
+                                       "reasoning": row["reasoning"]})
+        if has_ended(row):
+            await self.consumer._send_final(message_id)
+
+    async def ended_elsewhere(self, message_id):
+        # The reaper numbers from the saved text, which may lag what this tab has seen: the saved
+        # text with its status, then the final frame.
+        await self.consumer._send_snapshot(message_id)
