@@ -8,9 +8,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from chat import actions
+from chat import generation
 from chat.models import Conversation, Message, ToolCall
-from inference import dispatch
 
 from . import prompt_size
 from .response_params import find_response, message_id_of, not_found
@@ -33,8 +32,7 @@ def create(req, key, prompt_tokens):
             turns=plan.turns[req.history:] if after is not None else None, options=options, move_leaf=req.store)
     except Message.DoesNotExist:  # the previous response was deleted meanwhile
         raise not_found(req.meta["previous_response_id"], "previous_response_id") from None
-    # Scaled out, the worker that answered this conversation last holds its tokens: prefer it.
-    affinity = actions.last_worker(conversation_id) if after is not None and settings.REDIS_URL else ""
+    affinity = generation.preferred_worker(conversation_id) if after is not None else ""
     return conversation_id, ids[0], affinity
 
 
@@ -118,13 +116,7 @@ def revive(message_id):
             return False
         ToolCall.objects.filter(message_id=message_id).delete()
     logger.warning("background response %s was cut by its worker's end: queued again (run %d)", message_id, runs + 1)
-    try:
-        pinned = dispatch.enqueue_from_thread(message_id, message.model_name)
-        if pinned:
-            actions.mark_routed(message_id, pinned)
-    except Exception as exc:
-        logger.exception("could not queue background response %s again", message_id)
-        actions.fail_pending(message_id, f"Could not queue the answer: {str(exc) or type(exc).__name__}")
+    generation.start_from_thread(message_id, message.model_name)
     return True
 
 

@@ -12,9 +12,8 @@ import time
 from asgiref.sync import sync_to_async
 from django.http import JsonResponse
 
+from chat import generation
 from chat.models import Message
-from inference import dispatch
-from inference.publish import remember_server_loop
 from usage.quotas import QuotaExceeded
 
 from . import params
@@ -116,20 +115,7 @@ async def _discard_refused(req, mid, problem):
 
 async def _queue_background(mid, model, affinity):
     """Queue a background answer and return its response (queued), without waiting for it."""
-    loop = asyncio.get_running_loop()
-    remember_server_loop(loop)
-    try:
-        pinned = await sync_to_async(dispatch.enqueue, thread_sensitive=False)(str(mid), model, loop,
-                                                                                affinity=affinity)
-        if pinned:
-            from chat import actions
-
-            await sync_to_async(actions.mark_routed)(mid, pinned)
-    except Exception as exc:
-        from chat import actions
-
-        await sync_to_async(actions.fail_pending)(
-            mid, f"Could not queue the answer: {str(exc) or type(exc).__name__}")
+    await generation.start(mid, model, affinity)
     return await _object_of(mid)
 
 

@@ -13,17 +13,14 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import transaction
 from django.utils import timezone
 
-from chat import actions
-from chat.generation.follow import Follower, has_ended
+from chat import actions, generation
+from chat.generation.follow import has_ended
 from chat.models import Conversation, Message, ToolCall, conversation_group
-from inference import dispatch
-from inference.publish import remember_server_loop
 from usage.quotas import reserve
 
 from . import prompt_size
@@ -153,7 +150,7 @@ def _rows(ids):
     return rows
 
 
-class Run(Follower):
+class Run(generation.Follower):
     """Subscribe, enqueue, then iterate ``updates()``: ("text"|"reasoning", choice, piece),
     ("queue", choice, requests ahead), ("idle", None, None) after a silence and ("done", choice,
     None) items, ending when every choice is done."""
@@ -173,20 +170,10 @@ class Run(Follower):
         self.closed = False
 
     async def start(self):
-        loop = asyncio.get_running_loop()
-        remember_server_loop(loop)
         self.channel = await self.layer.new_channel("api.")
         await self.layer.group_add(self.group, self.channel)  # before the first job can publish
         for choice in self.choices:
-            try:
-                pinned = await sync_to_async(dispatch.enqueue, thread_sensitive=False)(
-                    str(choice.message_id), self.model, loop, affinity=self.affinity)
-                if pinned:
-                    await database_sync_to_async(actions.mark_routed)(choice.message_id, pinned)
-            except Exception as exc:
-                logger.exception("could not enqueue message %s", choice.message_id)
-                await database_sync_to_async(actions.fail_pending)(
-                    choice.message_id, f"Could not queue the answer: {str(exc) or type(exc).__name__}")
+            await generation.start(choice.message_id, self.model, self.affinity)
 
     @property
     def finished(self):
@@ -288,18 +275,9 @@ class Run(Follower):
 async def stop_messages(message_ids):
     for message_id in message_ids:
         try:
-            await sync_to_async(dispatch.stop, thread_sensitive=False)(str(message_id))
-            if await database_sync_to_async(actions.cancel_pending)(message_id):
-                await get_channel_layer().group_send(conversation_group(await _conversation_of(message_id)), {
-                    "type": "gen.events", "message": message_id,
-                    "events": [{"seq": 1, "kind": "done", "status": "stopped", "error": "", "stats": {}}]})
+            await generation.stop(message_id)
         except Exception:
             logger.exception("could not stop message %s", message_id)
-
-
-@database_sync_to_async
-def _conversation_of(message_id):
-    return Message.objects.filter(pk=message_id).values_list("conversation_id", flat=True).first()
 
 
 def close_when_dropped(response, run):

@@ -25,9 +25,8 @@ from django.utils import timezone
 from api import params
 from api.errors import ApiError
 from api.runner import Choice, _rows, create_rows
-from chat import actions
+from chat import generation
 from chat.models import Message
-from inference import dispatch
 from usage.quotas import QuotaExceeded
 
 from .models import Batch, BatchFile, BatchLine
@@ -140,8 +139,7 @@ def _stop_running(batch):
     for line in BatchLine.objects.filter(batch=batch, status=L.RUNNING):
         for message_id in line.message_ids:
             try:
-                dispatch.stop(str(message_id))
-                actions.cancel_pending(message_id)
+                generation.stop_from_thread(message_id)
             except Exception:
                 logger.exception("could not stop message %s of %s", message_id, line)
 
@@ -218,7 +216,7 @@ def _plan(line):
 
 
 def _enqueue(message_id, model):
-    return dispatch.enqueue_from_thread(message_id, model)
+    return generation.start_from_thread(message_id, model)
 
 
 def _fill(batch):
@@ -253,13 +251,7 @@ def _fill(batch):
         BatchLine.objects.filter(pk=line.pk).update(status=L.RUNNING, message_ids=ids, conversation_id=conversation_id,
                                                     attempts=line.attempts + 1)
         for message_id in ids:
-            try:
-                pinned = _enqueue(message_id, plan.model)
-                if pinned:
-                    actions.mark_routed(message_id, pinned)
-            except Exception as exc:
-                logger.exception("could not enqueue message %s of %s", message_id, line)
-                actions.fail_pending(message_id, f"Could not queue the answer: {str(exc) or type(exc).__name__}")
+            _enqueue(message_id, plan.model)
 
 
 def people_headroom(user_id):

@@ -150,33 +150,6 @@ def active_message(conversation_id):
     return Message.objects.filter(conversation_id=conversation_id, status__in=Message.ACTIVE).order_by("-id").first()
 
 
-def cancel_pending(message_id):
-    """Stop a message no worker has claimed yet; returns True when it was still pending."""
-    now = timezone.now()
-    return bool(Message.objects.filter(pk=message_id, status=Message.Status.PENDING).update(
-        status=Message.Status.STOPPED, updated_at=now, finished_at=now))
-
-
-def fail_pending(message_id, error):
-    """End a message no worker has claimed as an error the user can Retry; True when it was still pending."""
-    now = timezone.now()
-    return bool(Message.objects.filter(pk=message_id, status=Message.Status.PENDING).update(
-        status=Message.Status.ERROR, error=error, updated_at=now, finished_at=now))
-
-
-def last_worker(conversation_id):
-    """The worker that last answered in this conversation (it may still hold its tokens)."""
-    return (Message.objects.filter(conversation_id=conversation_id, role=Message.Role.ASSISTANT)
-            .exclude(worker_id="").exclude(status__in=Message.ACTIVE)
-            .order_by("-finished_at", "-id").values_list("worker_id", flat=True).first() or "")
-
-
-def mark_routed(message_id, worker_id):
-    """Remember which worker's own queue a pending message went to, so the reaper can send it to
-    the shared device queue if that worker dies before claiming it."""
-    Message.objects.filter(pk=message_id, status=Message.Status.PENDING).update(worker_id=worker_id)
-
-
 def stop_tools(conversation_id):
     """Stop a tool loop between answers: calls waiting for approval, queued or running end as
     ``stopped``, and the loop's latest answer gets no next answer. Returns the ids of the answers

@@ -10,7 +10,6 @@
 
 Stop ends any phase (chat.actions.stop_tools); nothing in here runs on the engine's thread.
 """
-import asyncio
 import logging
 import threading
 
@@ -18,14 +17,13 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
-from inference import dispatch
 from usage.quotas import QuotaExceeded, reserve
 
+from .generation import start_from_thread
+from .generation.announce import tell
 from .models import Conversation, Message, ToolCall, conversation_group
 
 logger = logging.getLogger(__name__)
-
-PUBLISH_TIMEOUT = 10
 
 
 class ToolsUnavailable(ValueError):
@@ -81,26 +79,9 @@ def is_loop_answer(message):
 
 # ---- telling the tabs ------------------------------------------------------------------------
 
-def _group_send(group, payload):
-    """Send a channel-layer event from a plain thread (a worker's or the web process's), on the
-    loop the publishers use, and wait for it: what follows must not overtake it."""
-    from channels.layers import get_channel_layer
-
-    from inference.publish import publish_loop
-
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    future = asyncio.run_coroutine_threadsafe(layer.group_send(group, payload), publish_loop())
-    try:
-        future.result(PUBLISH_TIMEOUT)
-    except Exception:  # a tab that missed it catches up on its next reload or stall check
-        logger.exception("could not tell %s about %s", group, payload.get("type"))
-
-
 def announce_calls(conversation_id, message_id):
     """Every tab redraws the answer's cards (consumer ``tool_update``)."""
-    _group_send(conversation_group(conversation_id), {"type": "tool.update", "message": message_id})
+    tell(conversation_group(conversation_id), {"type": "tool.update", "message": message_id})
 
 
 # ---- running calls -------------------------------------------------------------------------
@@ -193,7 +174,7 @@ def continue_after(message_id, worker_id=""):
     if reply is None:
         announce_calls(conv.pk, answer.pk)
         return None
-    _group_send(conv.group_name, {"type": "thread.changed", "message": reply.pk})
+    tell(conv.group_name, {"type": "thread.changed", "message": reply.pk})
     enqueue(reply, affinity=worker_id)
     return reply
 
@@ -203,21 +184,11 @@ def enqueue(reply, affinity=""):
     error every tab shows, with Retry."""
     from inference.publish import publish_loop
 
-    from . import actions
-
-    try:
-        loop = None if settings.REDIS_URL else publish_loop()
-        pinned = dispatch.enqueue(str(reply.pk), reply.model_name, loop,
-                                  affinity=affinity if settings.REDIS_URL else "")
-        if pinned:
-            actions.mark_routed(reply.pk, pinned)
-    except Exception as exc:
-        logger.exception("could not enqueue message %s", reply.pk)
-        text = f"Could not queue the answer: {str(exc) or type(exc).__name__}"
-        if actions.fail_pending(reply.pk, text):
-            _group_send(reply.conversation.group_name, {
-                "type": "gen.events", "message": reply.pk,
-                "events": [{"seq": 1, "kind": "done", "status": "error", "error": text, "stats": {}}]})
+    # Embedded, on the loop this thread publishes on (a worker's thread, or the web process's).
+    if settings.REDIS_URL:
+        start_from_thread(reply.pk, reply.model_name, affinity)
+    else:
+        start_from_thread(reply.pk, reply.model_name, loop=publish_loop())
 
 
 # ---- the user's decisions ----------------------------------------------------------------------

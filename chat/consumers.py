@@ -12,10 +12,9 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.template.loader import render_to_string
 
-from inference import dispatch
 from inference.publish import remember_server_loop
 
-from . import actions, agent, limits
+from . import actions, agent, generation, limits
 from .generation.follow import Follower, has_ended
 from .models import Conversation, Message, conversation_group
 from .rendering import message_context, thread_context
@@ -171,12 +170,7 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
             for message_id in changed:
                 await self.channel_layer.group_send(self.group, {"type": "tool.update", "message": message_id})
             return
-        await sync_to_async(dispatch.stop, thread_sensitive=False)(str(active.pk))
-        if await database_sync_to_async(actions.cancel_pending)(active.pk):
-            # Never reached a worker: tell every tab now.
-            await self.channel_layer.group_send(self.group, {
-                "type": "gen.events", "message": active.pk,
-                "events": [{"seq": 1, "kind": "done", "status": "stopped", "error": "", "stats": {}}]})
+        await generation.stop(active.pk)
 
     async def do_approve(self, frame):
         await self._decide(frame, True)
@@ -204,28 +198,14 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
         try:
             # Every tab redraws the branch: the new turn (or new branch) is on all of them.
             await self.channel_layer.group_send(self.group, {"type": "thread.changed", "message": reply.pk})
-            # Scaled out, the worker that answered this chat last holds its tokens: prefer it.
-            affinity = await database_sync_to_async(actions.last_worker)(self.conversation_id) \
-                if settings.REDIS_URL else ""
-            # Off the event loop: with Redis this is a network round trip.
-            loop = asyncio.get_running_loop()
-            pinned = await sync_to_async(dispatch.enqueue, thread_sensitive=False)(
-                str(reply.pk), reply.model_name, loop, affinity=affinity)
-            if pinned:
-                await database_sync_to_async(actions.mark_routed)(reply.pk, pinned)
+            affinity = await database_sync_to_async(generation.preferred_worker)(self.conversation_id)
         except Exception as exc:
             logger.exception("could not enqueue message %s", reply.pk)
-            await self._failed_to_queue(reply.pk, f"Could not queue the answer: {str(exc) or type(exc).__name__}",
-                                        action)
-
-    async def _failed_to_queue(self, message_id, text, action):
-        # The pending row is committed and no worker will ever claim it: end it now, on every tab,
-        # so the page offers Retry instead of waiting forever.
-        if await database_sync_to_async(actions.fail_pending)(message_id, text):
-            await self.channel_layer.group_send(self.group, {
-                "type": "gen.events", "message": message_id,
-                "events": [{"seq": 1, "kind": "done", "status": "error", "error": text, "stats": {}}]})
-        await self.error(text, action=action)
+            error = await generation.failed_to_queue(reply.pk, generation.could_not_queue(exc))
+        else:
+            error = await generation.start(reply.pk, reply.model_name, affinity)
+        if error:
+            await self.error(error, action=action)
 
     # ---- group -> client --------------------------------------------------------------
     async def tool_update(self, event):
@@ -258,8 +238,8 @@ class ChatConsumer(SessionRecheckMixin, AsyncWebsocketConsumer):
 
     @database_sync_to_async
     def _saved(self, message_ids):
-        return {row["id"]: row for row in Message.objects.filter(pk__in=message_ids, conversation_id=self.conversation_id)
-                .values("id", "stream_seq", "status", "content", "reasoning")}
+        saved = Message.objects.filter(pk__in=message_ids, conversation_id=self.conversation_id)
+        return {row["id"]: row for row in saved.values("id", "stream_seq", "status", "content", "reasoning")}
 
     async def on_watch_tick(self):
         """Events travel over the channel layer, which can drop some (Redis restarted, a

@@ -10,6 +10,7 @@ from django.utils import timezone
 from inference.publish import Publisher
 from inference.workers import alive_workers, is_alive
 
+from .generation import start_from_thread
 from .models import Message, ToolCall, conversation_group
 
 logger = logging.getLogger(__name__)
@@ -93,15 +94,13 @@ def _reroute_orphans():
     forever if that worker died before claiming it: send it to the shared device queue."""
     if not settings.REDIS_URL:
         return 0
-    from inference import dispatch
-
     count = 0
     for m in Message.objects.filter(status=Message.Status.PENDING).exclude(worker_id=""):
         if is_alive(m.worker_id):
             continue
         if Message.objects.filter(pk=m.pk, status=Message.Status.PENDING, worker_id=m.worker_id).update(worker_id=""):
             logger.warning("message %s was routed to dead worker %s: re-queued for any worker", m.pk, m.worker_id)
-            dispatch.enqueue(str(m.pk), m.model_name)
+            start_from_thread(m.pk, m.model_name, fail=False)
             count += 1
     return count
 
@@ -162,21 +161,17 @@ def _requeue_unclaimed(unclaimed_seconds=None):
                 options=options, worker_id="", updated_at=timezone.now()):
             continue
         logger.warning("message %s was not taken by any worker in %ss: queued again", m.pk, seconds)
-        try:
-            _enqueue_again(m)
-        except Exception:  # it fails at the next pass, visibly
-            logger.exception("could not queue message %s again", m.pk)
+        _enqueue_again(m)
         count += 1
     return count
 
 
 def _enqueue_again(message):
-    from inference import dispatch
     from inference.publish import publish_loop
 
     # Embedded, the job's events go out on the web server's loop when there is one (the reaper is
-    # a thread; the in-memory layer is not thread-safe).
-    dispatch.enqueue(str(message.pk), message.model_name, loop=None if settings.REDIS_URL else publish_loop())
+    # a thread; the in-memory layer is not thread-safe). Not queued: it fails at the next pass.
+    start_from_thread(message.pk, message.model_name, loop=None if settings.REDIS_URL else publish_loop(), fail=False)
 
 
 def reap_worker(worker_id, reason):
