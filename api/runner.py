@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from chat import actions, generation
 from chat.generation.follow import has_ended
+from chat.generation.rows import answer_rows
 from chat.models import Conversation, Message, ToolCall, conversation_group
 from usage.quotas import reserve
 
@@ -138,18 +139,6 @@ class Choice:
     calls: object = None  # the streaming response's inference.toolcalls.CallStream
 
 
-ROW_FIELDS = ("status", "content", "reasoning", "error", "finish_reason", "prompt_tokens", "completion_tokens",
-              "cached_tokens", "stream_seq")
-
-
-def _rows(ids):
-    rows = {r["id"]: {**r, "tool_calls": []} for r in Message.objects.filter(pk__in=ids).values("id", *ROW_FIELDS)}
-    for call in ToolCall.objects.filter(message_id__in=list(rows)).order_by("message_id", "index"):
-        rows[call.message_id]["tool_calls"].append({"id": call.call_id, "name": call.name,
-                                                    "arguments": call.arguments})
-    return rows
-
-
 class Run(generation.Follower):
     """Subscribe, enqueue, then iterate ``updates()``: ("text"|"reasoning", choice, piece),
     ("queue", choice, requests ahead), ("idle", None, None) after a silence and ("done", choice,
@@ -203,7 +192,7 @@ class Run(generation.Follower):
             await super().on_events(message_id, events)
 
     async def read_saved(self, message_ids):
-        return await database_sync_to_async(_rows)(message_ids)
+        return await database_sync_to_async(answer_rows)(message_ids)
 
     async def deliver(self, message_id, events):
         choice = self.by_id[message_id]
@@ -248,7 +237,7 @@ class Run(generation.Follower):
         if choice.done:
             return
         if row is None:
-            row = (await database_sync_to_async(_rows)([choice.message_id])).get(choice.message_id)
+            row = (await database_sync_to_async(answer_rows)([choice.message_id])).get(choice.message_id)
         if row is None:
             row = {"status": Message.Status.ERROR, "error": "The answer was deleted.", "content": choice.text,
                    "reasoning": choice.reasoning, "finish_reason": "", "prompt_tokens": 0, "completion_tokens": 0,

@@ -24,8 +24,9 @@ from django.utils import timezone
 
 from api import params
 from api.errors import ApiError
-from api.runner import Choice, _rows, create_rows
+from api.runner import Choice, create_rows
 from chat import generation
+from chat.generation.rows import answer_rows
 from chat.models import Message
 from usage.quotas import QuotaExceeded
 
@@ -286,7 +287,7 @@ def _collect(batch):
     running = list(BatchLine.objects.filter(batch=batch, status=L.RUNNING))
     if not running:
         return
-    rows = _rows([mid for line in running for mid in line.message_ids])
+    rows = answer_rows([mid for line in running for mid in line.message_ids])
     for line in running:
         mine = [rows.get(mid) for mid in line.message_ids]
         if any(r is not None and r["status"] in Message.ACTIVE for r in mine):

@@ -1,8 +1,21 @@
-"""A generation's row as the door changes it: where it was queued, ended before any worker took
-it (it could not be queued, or it was stopped), and which worker answered the chat last."""
+"""A generation's row: as the door changes it (where it was queued, ended before any worker took
+it because it could not be queued or was stopped), which worker answered the chat last, and as
+the API's follower and batches read it back."""
 from django.utils import timezone
 
-from ..models import Message
+from ..models import Message, ToolCall
+
+ROW_FIELDS = ("status", "content", "reasoning", "error", "finish_reason", "prompt_tokens", "completion_tokens",
+              "cached_tokens", "stream_seq")
+
+
+def answer_rows(ids):
+    """{id: the answer's ROW_FIELDS and its "tool_calls" (id, name, arguments)} of those that exist."""
+    rows = {r["id"]: {**r, "tool_calls": []} for r in Message.objects.filter(pk__in=ids).values("id", *ROW_FIELDS)}
+    for call in ToolCall.objects.filter(message_id__in=list(rows)).order_by("message_id", "index"):
+        rows[call.message_id]["tool_calls"].append({"id": call.call_id, "name": call.name,
+                                                    "arguments": call.arguments})
+    return rows
 
 
 def mark_routed(message_id, worker_id):
