@@ -6,6 +6,12 @@ costs a few milliseconds plus a few more per token in it).
   the smallest number any person (interactive) user has running. One user's ``n=4`` or a batch
   of lines then takes turns among its own sequences instead of making the step five times as
   long for someone with one answer.
+- **Costly sequences:** a sequence whose own part of a step costs more than ROW_SHARE of the
+  step decodes only every few steps while other users stream, so it costs them at most that
+  share. Its part is its grammar's filtering (measured; it runs inside the step everyone waits
+  for) and its attention over its own context (estimated: reading a 5,000-token context's KV
+  cache costs SmolLM2-135M more than reading its weights). A huge tool list or a long
+  conversation then slows its owner, not everyone.
 - **Prefill:** a prompt that fits one chunk (a chat message's) goes first and whole, as before. While
   others stream, longer prompts get a share of the engine's time, not a fixed number of tokens a
   step: over time, about PREFILL_SHARE of the streams' own time, times the number of users waiting
@@ -22,11 +28,18 @@ FIRST_GUESS_TOKENS = 4  # a prompt's tokens per contended step until the costs a
 BURST_SECONDS = 0.15  # prompt time that may go at once (a chat message's prompt, on a CPU)
 REMEASURE_STEPS = 64  # a contended step without prompt tokens at least this often, to time the streams
 SMOOTHING = 0.2
+# What one sequence's own part (sampling, attention over its context) may add to a contended
+# step, on average, as a share of the step: a step with two short streams is ~1.3x one, so a
+# costly sequence then costs a neighbour about what a second neighbour would.
+ROW_SHARE = 0.3
 
 
-def decode_jobs(jobs, step):
+def decode_jobs(jobs, step, decode_step=None, kv_share=0.0):
     """The jobs whose pending token goes into this step; the others wait a step or more.
-    Within a user, the one that waited longest goes first."""
+    Within a user, the one that waited longest goes first. ``decode_step``: the streams' measured
+    step time (seconds), which a costly sequence's turns are paced against; ``kv_share``: what one
+    context token's attention costs, as a share of a step (the model's KV bytes per token over
+    its weights' bytes)."""
     pending = [j for j in jobs if j.pending is not None]
     by_user = {}
     for job in pending:
@@ -40,9 +53,21 @@ def decode_jobs(jobs, step):
         for own in by_user.values():
             chosen.update(sorted(own, key=lambda j: j.last_decoded)[:cap])
         chosen = [j for j in pending if j in chosen]
+        # Pacing only spares the others: when no one would decode, everyone does (the step
+        # counter, which paces, moves only when a step runs).
+        chosen = [j for j in chosen if _due(j, step, decode_step, kv_share)] or chosen
     for job in chosen:
         job.last_decoded = step
     return chosen
+
+
+def _due(job, step, decode_step, kv_share):
+    """Whether a sequence's turn has come, given what its own part costs the shared step."""
+    if not decode_step:
+        return True
+    sampling = job.sampler.recent_cost if job.sampler is not None else 0.0
+    share = sampling / decode_step + kv_share * len(job.kv)
+    return share <= ROW_SHARE or step - job.last_decoded >= share / ROW_SHARE
 
 
 class StepCosts:

@@ -32,6 +32,7 @@ MIN_P_LOG = math.log(MIN_P)
 # token ends with an error instead of slowing everyone (a step is ~8-10 ms on 2 cores).
 GRAMMAR_BURST_SECONDS = 0.5
 GRAMMAR_SECONDS_PER_TOKEN = 0.005
+COST_SMOOTHING = 0.3
 
 
 class Sampler:
@@ -52,6 +53,7 @@ class Sampler:
         self.trigger = trigger
         self.greedy = params.temperature <= 0
         self.grammar_seconds = 0.0  # time spent filtering candidates (the engine's budget reads it)
+        self.recent_cost = 0.0  # seconds a token lately, smoothed (the engine's fair turns read it)
         if grammar:
             self.grammar = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
             if not self.grammar:
@@ -91,7 +93,9 @@ class Sampler:
             candidates = self.everything
         token = self._pick(candidates)
         llama_cpp.llama_sampler_accept(self.grammar, token)
-        self.grammar_seconds += time.thread_time() - began
+        spent = time.thread_time() - began
+        self.grammar_seconds += spent
+        self.recent_cost += COST_SMOOTHING * (spent - self.recent_cost)
         return token
 
     def saw(self, text):
