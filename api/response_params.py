@@ -62,7 +62,7 @@ def find_response(user_id, rid):
         return None
     message = (Message.objects.select_related("conversation").filter(
         pk=pk, role=Message.Role.ASSISTANT, conversation__owner_id=user_id).first())
-    if message is None or "response" not in (message.options or {}):
+    if message is None or message.generation_options.response is None:
         return None
     return message
 

@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from chat import generation
+from chat.generation_options import GenerationOptions, given
 from chat.models import Conversation, Message, ToolCall
 
 from . import prompt_size
@@ -24,12 +25,10 @@ def create(req, key, prompt_tokens):
     """The rows of a Responses request: (conversation id, answer id, the worker to prefer)."""
     plan = req.plan
     after = req.previous.pk if req.previous is not None else None
-    options = {"response": req.meta, "system_prompt": plan.system_prompt, "temperature": plan.temperature,
-               "top_p": plan.top_p}
     try:
         conversation_id, ids = create_rows(
             plan, key, priority="background" if req.background else None, prompt_tokens=prompt_tokens, after=after,
-            turns=plan.turns[req.history:] if after is not None else None, options=options, move_leaf=req.store)
+            turns=plan.turns[req.history:] if after is not None else None, response=req.meta, move_leaf=req.store)
     except Message.DoesNotExist:  # the previous response was deleted meanwhile
         raise not_found(req.meta["previous_response_id"], "previous_response_id") from None
     affinity = generation.preferred_worker(conversation_id) if after is not None else ""
@@ -72,7 +71,7 @@ def reasoning_tokens(model, found):
 def _new_rows_top(message):
     """The first row the response's request wrote: its answer's ancestor just under the previous
     response's answer (or the root)."""
-    after = message_id_of((message.options or {}).get("response", {}).get("previous_response_id"))
+    after = message_id_of((message.generation_options.response or {}).get("previous_response_id"))
     node = message
     while node.parent_id is not None and node.parent_id != after:
         node = Message.objects.get(pk=node.parent_id)
@@ -100,19 +99,19 @@ def revive(message_id):
     a batch line does, up to SMOLSITE_BATCH_ATTEMPTS runs: its row goes back to pending, keeping
     its id. Returns True when it was queued again."""
     message = Message.objects.filter(pk=message_id, status=Message.Status.INTERRUPTED).first()
-    options = dict(message.options or {}) if message is not None else {}
-    if not options.get("response", {}).get("background"):
+    options = message.generation_options if message is not None else GenerationOptions()
+    if not (options.response or {}).get("background"):
         return False
-    runs = int(options.get("runs", 1))
+    runs = int(given(options.runs, 1))
     if runs >= settings.SMOLSITE_BATCH_ATTEMPTS:
         return False
-    options["runs"] = runs + 1
-    options.pop("requeued_at", None)
+    options.runs = runs + 1
+    options.requeued_at = None
     with transaction.atomic():
         if not Message.objects.filter(pk=message_id, status=Message.Status.INTERRUPTED).update(
                 status=Message.Status.PENDING, content="", reasoning="", error="", finish_reason="", stream_seq=0,
                 worker_id="", finished_at=None, prompt_tokens=None, completion_tokens=None, cached_tokens=None,
-                options=options, updated_at=timezone.now()):
+                options=options.to_dict(), updated_at=timezone.now()):
             return False
         ToolCall.objects.filter(message_id=message_id).delete()
     logger.warning("background response %s was cut by its worker's end: queued again (run %d)", message_id, runs + 1)

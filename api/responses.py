@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from django.http import JsonResponse
 
 from chat import generation
+from chat.generation_options import GenerationOptions
 from chat.models import Message
 from usage.quotas import QuotaExceeded
 
@@ -37,7 +38,7 @@ def _read(data, previous, history):
 
 def _object(found, meta=None, error=None):
     """The response object of a row from api.response_store.row (with a tokenizer: in a thread)."""
-    meta = meta if meta is not None else found["options"]["response"]
+    meta = meta if meta is not None else GenerationOptions.from_dict(found["options"]).response
     model = found["model_name"]
     finished = found.get("finished_at")
     return response_object(found["id"], model, int(found["created_at"].timestamp()), found, meta,
@@ -190,7 +191,7 @@ async def cancel(request, rid):
     found = await sync_to_async(store.load)(key.user_id, rid)
     if found is None:
         raise rp.not_found(rid)
-    if not found["options"]["response"].get("background"):
+    if not GenerationOptions.from_dict(found["options"]).response.get("background"):
         raise invalid("Only responses created with 'background': true can be cancelled.", None,
                       "not_background")
     if found["status"] in Message.ACTIVE:

@@ -21,6 +21,7 @@ from django.utils import timezone
 from chat import actions, generation
 from chat.generation.follow import has_ended
 from chat.generation.rows import answer_rows
+from chat.generation_options import GenerationOptions
 from chat.models import Conversation, Message, ToolCall, conversation_group
 from usage.quotas import reserve
 
@@ -32,7 +33,7 @@ SILENCE_SECONDS = 2.0  # with no event this long, look at the rows
 
 
 def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tokens=None, *, after=None, turns=None,
-                options=None, move_leaf=True):
+                response=None, move_leaf=True):
     """The conversation, its input turns and one pending answer per choice; returns
     (conversation id, [answer ids in choice order]). Raises usage.quotas.QuotaExceeded, and
     ApiError for a prompt too long for the context or too many messages (before any row).
@@ -40,8 +41,9 @@ def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tok
     ``prompt_tokens``: what api.prompt_size.check(plan) returned, when the caller measured already.
     ``after``: an existing message of the user's to hang ``turns`` (the plan's new turns; the ones
     before them are that branch's) and the answers under, in its conversation, as a next turn there
-    (a Responses chain); ``options``: more options for each answer; ``move_leaf``: show the new answer
-    in the conversation (False: the branch shown stays, as for a response that is not kept).
+    (a Responses chain); ``response``: a Responses request's fields, kept with each answer;
+    ``move_leaf``: show the new answer in the conversation (False: the branch shown stays, as for a
+    response that is not kept).
 
     Each answer holds back its prompt's tokens as well as its max tokens until the ledger has
     the real count: holding back only max tokens let twenty 6,000-token prompts with
@@ -51,7 +53,6 @@ def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tok
         prompt_tokens = prompt_size.check(plan)
     # Choice order: each prompt (one for chat) n times.
     holds = [plan.max_tokens + prompt_tokens[i // plan.n] for i in range(plan.choices)]
-    options_extra = options or {}
     with transaction.atomic():
         reserve(user_id, sum(holds), count=plan.choices)
         top = None
@@ -86,29 +87,23 @@ def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tok
                         ToolCall(message=parent, index=j, call_id=c["id"][:64], name=c["name"][:64],
                                  arguments=c["arguments"]) for j, c in enumerate(turn["tool_calls"])])
             for i in range(plan.n):
-                options = {"source": source, "max_tokens": plan.max_tokens, "truncate": False}
-                if priority:
-                    options["priority"] = priority
+                # The request's own settings, over the conversation's (a chain's turn may differ).
+                options = GenerationOptions(
+                    source=source, priority=priority or None, system_prompt=plan.system_prompt,
+                    temperature=plan.temperature, top_p=plan.top_p, max_tokens=plan.max_tokens, truncate=False,
+                    stop=plan.stop or None, grammar=plan.grammar or None, tools=plan.tools or None,
+                    user=plan.user or None, response=response)
                 if plan.seed is not None:
-                    options["seed"] = plan.seed + i  # the n choices of one seed differ from each other
-                if plan.stop:
-                    options["stop"] = plan.stop
-                if plan.grammar:
-                    options["grammar"] = plan.grammar
-                if plan.tools:
-                    options["tools"] = plan.tools
+                    options.seed = plan.seed + i  # the n choices of one seed differ from each other
                 if plan.tool_grammar:
-                    options["grammar"], options["grammar_waits_for_call"] = plan.tool_grammar, True
+                    options.grammar, options.grammar_waits_for_call = plan.tool_grammar, True
                 if plan.kind == "completion":
-                    options["raw"] = True
+                    options.raw = True
                 elif plan.exact_messages is not None:
-                    options["messages"] = plan.exact_messages
-                if plan.user:
-                    options["user"] = plan.user
-                options.update(options_extra)
+                    options.messages = plan.exact_messages
                 replies.append(Message.objects.create(
                     conversation=conv, parent=parent, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
-                    model_name=plan.model, reserved_tokens=holds[len(replies)], options=options))
+                    model_name=plan.model, reserved_tokens=holds[len(replies)], options=options.to_dict()))
         if move_leaf:
             conv.current_leaf = replies[0]
             conv.save(update_fields=["current_leaf"])

@@ -160,10 +160,10 @@ def stop_tools(conversation_id):
         changed = sorted(set(busy.values_list("message_id", flat=True)))
         # Between the last result and the next answer's row, nothing is busy: that answer must not start.
         leaf = conv.current_leaf
-        options = (leaf.options or {}) if leaf is not None else {}
-        open_loop = (leaf is not None and leaf.role == Message.Role.ASSISTANT and "tool_round" in options
-                     and leaf.status == Message.Status.DONE and not options.get("tool_note")
-                     and not options.get("tool_stopped") and leaf.tool_calls.exists()
+        options = leaf.generation_options if leaf is not None else None
+        open_loop = (leaf is not None and leaf.role == Message.Role.ASSISTANT and options.tool_round is not None
+                     and leaf.status == Message.Status.DONE and not options.tool_note
+                     and not options.tool_stopped and leaf.tool_calls.exists()
                      and not leaf.tool_calls.filter(status=ToolCall.Status.STOPPED).exists()
                      and not leaf.children.exists())
         if not changed and not open_loop:
@@ -171,7 +171,8 @@ def stop_tools(conversation_id):
         now = timezone.now()
         busy.update(status=ToolCall.Status.STOPPED, updated_at=now, finished_at=now)
         if open_loop:
-            Message.objects.filter(pk=leaf.pk).update(options={**options, "tool_stopped": True})
+            options.tool_stopped = True
+            Message.objects.filter(pk=leaf.pk).update(options=options.to_dict())
             if leaf.pk not in changed:
                 changed.append(leaf.pk)
         return changed

@@ -21,6 +21,7 @@ from usage.quotas import QuotaExceeded, reserve
 
 from .generation import start_from_thread
 from .generation.announce import tell
+from .generation_options import GenerationOptions, given
 from .models import Conversation, Message, ToolCall, conversation_group
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def enabled_names(conv):
 def round_after(parent):
     """The round of an answer to ``parent``: 0 for a user's message, one more than an answer's."""
     if parent is not None and parent.role == Message.Role.ASSISTANT:
-        return int((parent.options or {}).get("tool_round", 0)) + 1
+        return int(given(parent.generation_options.tool_round, 0)) + 1
     return 0
 
 
@@ -70,11 +71,12 @@ def options_for(conv, round_):
                 else tool_call_grammar(specs, "auto", True))
     except SchemaError as exc:
         raise ToolsUnavailable(f"This chat's tools cannot be used together: {exc}") from None
-    return {"tools": specs, "grammar": text, "grammar_waits_for_call": not required, "tool_round": round_}
+    return GenerationOptions(tools=specs, grammar=text, grammar_waits_for_call=not required,
+                             tool_round=round_).to_dict()
 
 
 def is_loop_answer(message):
-    return "tool_round" in (message.options or {})
+    return message.generation_options.tool_round is not None
 
 
 # ---- telling the tabs ------------------------------------------------------------------------
@@ -137,11 +139,11 @@ def continue_after(message_id, worker_id=""):
             return None
         conv = Conversation.objects.select_for_update().get(pk=answer.conversation_id)
         answer.refresh_from_db()
-        options = dict(answer.options or {})
+        options = answer.generation_options
         calls = list(answer.tool_calls.all())
-        if (not calls or any(c.is_busy for c in calls) or options.get("tool_stopped")
+        if (not calls or any(c.is_busy for c in calls) or options.tool_stopped
                 or any(c.status == ToolCall.Status.STOPPED for c in calls) or answer.children.exists()
-                or options.get("tool_note")):
+                or options.tool_note):
             return None
         round_ = round_after(answer)
         limit = settings.SMOLSITE_MAX_TOOL_ROUNDS
@@ -156,15 +158,15 @@ def continue_after(message_id, worker_id=""):
             except (QuotaExceeded, ToolsUnavailable) as exc:
                 note = f"The answer could not go on after the tools: {exc}"
         if note:
-            options["tool_note"] = note
-            Message.objects.filter(pk=answer.pk).update(options=options)
+            options.tool_note = note
+            Message.objects.filter(pk=answer.pk).update(options=options.to_dict())
             reply = None
         else:
             now = timezone.now()
             reply = Message.objects.create(
                 conversation=conv, parent=answer, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
                 model_name=conv.model, created_at=now, reserved_tokens=conv.max_tokens,
-                options=next_options or {"tool_round": round_})
+                options=next_options or GenerationOptions(tool_round=round_).to_dict())
             fields = ["updated_at"]
             conv.updated_at = now
             if conv.current_leaf_id == answer.pk:  # unless the user looked at another branch meanwhile

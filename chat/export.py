@@ -186,8 +186,9 @@ def conversation_markdown(conv, include_text=True, messages=None):
                       _fenced(c.arguments)]
             if c.output:
                 lines += ["", "Result:", "", _fenced(c.output)]
-        if (m.options or {}).get("tool_note"):
-            lines += ["", f"_{m.options['tool_note']}_"]
+        note = m.generation_options.tool_note
+        if note:
+            lines += ["", f"_{note}_"]
         if m.error:
             lines += ["", f"_Error: {m.error}_"]
     if others:

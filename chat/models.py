@@ -3,6 +3,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from .generation_options import GenerationOptions
+
 
 def conversation_group(conversation_id):
     """The channel-layer group of a conversation: its open tabs and the API requests that follow
@@ -107,8 +109,8 @@ class Message(models.Model):
     worker_id = models.CharField(max_length=200, blank=True, default="")
     # The last streamed event folded into ``content``/``reasoning``: resuming clients replay after it.
     stream_seq = models.PositiveIntegerField(default=0)
-    # Per-request generation options the conversation does not hold (API requests): seed, stop,
-    # grammar, max_tokens, raw (no chat template), messages (the exact turns), source.
+    # What it is generated with beyond the conversation's settings, and notes on it: read and
+    # written through ``generation_options`` (chat.generation_options.GenerationOptions).
     options = models.JSONField(default=dict, blank=True)
     # Tokens this generation may still use (its max tokens), counted against the owner's token
     # quotas while it is pending or streaming.
@@ -129,6 +131,11 @@ class Message(models.Model):
 
     def __str__(self):
         return f"{self.role} #{self.pk}"
+
+    @property
+    def generation_options(self):
+        """``options``, typed: a copy (save it with ``options=....to_dict()``)."""
+        return GenerationOptions.from_dict(self.options)
 
     @property
     def is_active(self):

@@ -65,15 +65,15 @@ def _end_stuck_tools(cutoff, reason):
     for m in Message.objects.filter(role=Message.Role.ASSISTANT, status=Message.Status.DONE,
                                     finish_reason="tool_calls", finished_at__lt=cutoff,
                                     children__isnull=True, options__has_key="tool_round"):
-        options = m.options or {}
+        options = m.generation_options
         calls = list(m.tool_calls.values_list("status", flat=True))
         if m.tool_calls.filter(updated_at__gte=cutoff).exists():
             continue  # its last result is recent: the next answer may be on its way
-        if (options.get("tool_note") or options.get("tool_stopped") or not calls
+        if (options.tool_note or options.tool_stopped or not calls
                 or any(s not in ToolCall.ENDED for s in calls) or ToolCall.Status.STOPPED in calls):
             continue
-        options["tool_note"] = "The answer did not go on after the tools: the worker stopped. Send a message to go on."
-        if Message.objects.filter(pk=m.pk, children__isnull=True).update(options=options):
+        options.tool_note = "The answer did not go on after the tools: the worker stopped. Send a message to go on."
+        if Message.objects.filter(pk=m.pk, children__isnull=True).update(options=options.to_dict()):
             changed.add(m.pk)
     for message_id, conversation_id in Message.objects.filter(pk__in=changed).values_list("pk", "conversation_id"):
         _announce_tools(conversation_id, message_id)
@@ -151,14 +151,14 @@ def _requeue_unclaimed(unclaimed_seconds=None):
     for m in waiting:
         if m.model_name not in serving or not _nothing_ahead(m, m.updated_at):
             continue  # no worker: _fail_unserved's case; a queue ahead of it: it is not lost
-        options = dict(m.options or {})
-        if options.get("requeued_at"):
+        options = m.generation_options
+        if options.requeued_at:
             count += _interrupt([m], UNCLAIMED_ERROR.format(model=m.model_name), status=Message.Status.ERROR)
             continue
-        options["requeued_at"] = timezone.now().isoformat()
+        options.requeued_at = timezone.now().isoformat()
         # Conditional on the row as read: of several reapers (web processes), one re-queues it.
         if not Message.objects.filter(pk=m.pk, status=Message.Status.PENDING, updated_at=m.updated_at).update(
-                options=options, worker_id="", updated_at=timezone.now()):
+                options=options.to_dict(), worker_id="", updated_at=timezone.now()):
             continue
         logger.warning("message %s was not taken by any worker in %ss: queued again", m.pk, seconds)
         _enqueue_again(m)

@@ -17,13 +17,13 @@ def message_context(message, siblings=None, calls=None, continued=None):
             calls = list(ToolCall.objects.filter(message_id=message.id))
         if continued is None:
             continued = Message.objects.filter(pk=message.parent_id, role=Message.Role.ASSISTANT).exists()
-    options = message.options or {}
+    options = message.generation_options
     return {
         "m": message,
         "calls": calls or [],
         "continued": bool(continued),
-        "tool_note": options.get("tool_note", ""),
-        "tools_stopped": bool(options.get("tool_stopped")) or any(c.status == ToolCall.Status.STOPPED
+        "tool_note": options.tool_note or "",
+        "tools_stopped": bool(options.tool_stopped) or any(c.status == ToolCall.Status.STOPPED
                                                                   for c in calls or []),
         # Rendered when the template is (templates call callables): the consumer builds the context
         # on the shared database thread and renders a whole answer's Markdown on another.

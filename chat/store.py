@@ -9,18 +9,25 @@ from inference.backends import GenerationRequest, SamplingParams
 from inference.service import JobStore
 from usage import ledger
 
+from .generation_options import GenerationOptions, given
 from .models import Conversation, Message, ToolCall
 
 
 def history_for(message):
     """The turns a reply to ``message.parent`` is conditioned on: the branch above it, without
     failed or empty answers (an answer that asked for calls stays, with its calls and their
-    results as tool turns)."""
+    results as tool turns). A result an API client sent for a call made before its request is
+    kept on that request's answer (``options["tool_results"]``), not on the call, because each
+    branch going on from the call may answer it differently; it counts only in its own branch."""
     conversation = message.conversation
     branch = conversation.branch(message.parent) if message.parent_id else []
     calls = {}
     for call in ToolCall.objects.filter(message__in=[m.pk for m in branch if m.role == Message.Role.ASSISTANT]):
         calls.setdefault(call.message_id, []).append(call)
+    answered = {}
+    for m in [*branch, message]:
+        for result in (getattr(m, "options", None) or {}).get("tool_results", ()):
+            answered[result["call_id"]] = result["output"]
     turns = []
     for m in branch:
         asked = calls.get(m.pk, [])
@@ -31,7 +38,9 @@ def history_for(message):
             turn["tool_calls"] = [c.as_template_call() for c in asked]
         turns.append(turn)
         for c in asked:
-            if c.status in ToolCall.ENDED:
+            if c.call_id in answered:
+                turns.append({"role": "tool", "tool_call_id": c.call_id, "name": c.name, "content": answered[c.call_id]})
+            elif c.status in ToolCall.ENDED:
                 turns.append({"role": "tool", "tool_call_id": c.call_id, "name": c.name, "content": c.result_text()})
     return turns
 
@@ -77,29 +86,29 @@ class MessageStore(JobStore):
         with _payers_lock:
             _payers[str(job_id)] = ledger.payer(message)
         # Per-request options (API requests): they override the conversation's settings.
-        opts = message.options or {}
-        messages = opts["messages"] if isinstance(opts.get("messages"), list) else history_for(message)
+        opts = message.generation_options
+        messages = opts.messages if isinstance(opts.messages, list) else history_for(message)
         return GenerationRequest(
             id=str(message.pk),
             model=message.model_name or conv.model,
             messages=messages,
-            system_prompt=opts.get("system_prompt", conv.system_prompt),
-            params=SamplingParams(temperature=opts.get("temperature", conv.temperature),
-                                  top_p=opts.get("top_p", conv.top_p),
-                                  max_tokens=opts.get("max_tokens", conv.max_tokens),
-                                  seed=opts.get("seed"), stop=list(opts.get("stop") or [])),
+            system_prompt=given(opts.system_prompt, conv.system_prompt),
+            params=SamplingParams(temperature=given(opts.temperature, conv.temperature),
+                                  top_p=given(opts.top_p, conv.top_p),
+                                  max_tokens=given(opts.max_tokens, conv.max_tokens),
+                                  seed=opts.seed, stop=list(opts.stop or [])),
             thinking=conv.thinking,
             group=conv.group_name,
             session_key=f"conversation-{conv.pk}",
             # Background work (batches) is queued as its own "user": the engine's per-user cap
             # then never makes a person's chat wait behind their own batch.
-            user_key=f"user-{conv.owner_id}" + (":batch" if opts.get("priority") == "background" else ""),
-            priority=opts.get("priority", "interactive"),
-            grammar=opts.get("grammar", ""),
-            raw_prompt=messages[-1]["content"] if opts.get("raw") and messages else None,
-            truncate_history=opts.get("truncate", True),
-            tools=list(opts.get("tools") or []),
-            grammar_waits_for_call=bool(opts.get("grammar_waits_for_call")),
+            user_key=f"user-{conv.owner_id}" + (":batch" if opts.priority == "background" else ""),
+            priority=given(opts.priority, "interactive"),
+            grammar=given(opts.grammar, ""),
+            raw_prompt=messages[-1]["content"] if opts.raw and messages else None,
+            truncate_history=given(opts.truncate, True),
+            tools=list(opts.tools or []),
+            grammar_waits_for_call=bool(opts.grammar_waits_for_call),
         )
 
     def save_progress(self, job_id, text, reasoning, seq):
@@ -150,7 +159,7 @@ class MessageStore(JobStore):
         """API calls are the client's to run; a chat's run here (chat.agent), once approved when the
         chat asks first. The calls of an answer that did not end well are never run."""
         row = Message.objects.filter(pk=job_id).values("options", "conversation__tools_ask").first()
-        if row is None or "tool_round" not in (row["options"] or {}):
+        if row is None or GenerationOptions.from_dict(row["options"]).tool_round is None:
             return ToolCall.Status.REQUESTED
         if result.status != Message.Status.DONE:
             return ToolCall.Status.STOPPED
