@@ -269,6 +269,8 @@ def parse_chat(data):
         if reasoning is not None and not isinstance(reasoning, str):
             raise invalid(f"'messages[{i}].reasoning_content' must be a string.", f"messages[{i}].reasoning_content")
         role = "system" if role == "developer" else role
+        if open_calls and role != "tool":
+            raise _unanswered(open_calls, i)
         if role == "system" and not turns:  # the leading system message(s): the system prompt
             plan.system_prompt = f"{plan.system_prompt}\n\n{content}" if plan.system_prompt else content
             continue
@@ -288,6 +290,8 @@ def parse_chat(data):
         turns.append(turn)
     if not turns:
         raise invalid("'messages' has only system messages: add a user message.", "messages")
+    if open_calls:
+        raise _unanswered(open_calls)
     plan.turns = turns
     plan.exact_messages = turns if exact else None
     _common(data, plan)
@@ -306,6 +310,17 @@ def parse_chat(data):
     # so reasoning (which would not follow it) is off with one.
     plan.thinking = not (effort == "none" or enable is False or plan.grammar)
     return plan
+
+
+def _unanswered(open_calls, index=None):
+    """OpenAI's rule: an assistant message's calls are each answered by a tool message right after
+    it (a model shown a call with no result would answer as if it had one)."""
+    ids = ", ".join(sorted(open_calls))[:200]
+    if index is None:
+        return invalid(f"The last assistant message's 'tool_calls' must each be answered by a tool message; none "
+                       f"answered {ids}.", "messages", "tool_call_unanswered")
+    return invalid(f"An assistant message with 'tool_calls' must be followed by tool messages answering each call "
+                   f"before 'messages[{index}]'; none answered {ids}.", f"messages[{index}]", "tool_call_unanswered")
 
 
 def _tools(data, plan):

@@ -75,9 +75,14 @@ def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tok
         replies = []
         for turns in groups:
             parent = top
+            made = set()  # calls this request's own rows hold (no other branch sees them)
+            earlier = []  # results for calls rows before this request made, which other branches share
             for turn in turns:
                 if turn["role"] == "tool":
-                    _answer_call(parent, turn)  # a result is kept with the call it answers
+                    if turn["tool_call_id"] in made:
+                        _answer_call(parent, turn)  # a result is kept with the call it answers
+                    else:
+                        earlier.append({"call_id": turn["tool_call_id"], "output": turn["content"]})
                     continue
                 parent = Message.objects.create(conversation=conv, parent=parent, role=turn["role"],
                                                 content=turn["content"], reasoning=turn.get("reasoning", ""),
@@ -86,6 +91,7 @@ def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tok
                     ToolCall.objects.bulk_create([
                         ToolCall(message=parent, index=j, call_id=c["id"][:64], name=c["name"][:64],
                                  arguments=c["arguments"]) for j, c in enumerate(turn["tool_calls"])])
+                    made.update(c["id"] for c in turn["tool_calls"])
             for i in range(plan.n):
                 # The request's own settings, over the conversation's (a chain's turn may differ).
                 options = GenerationOptions(
@@ -101,6 +107,8 @@ def create_rows(plan, key, source="api", user_id=None, priority=None, prompt_tok
                     options.raw = True
                 elif plan.exact_messages is not None:
                     options.messages = plan.exact_messages
+                if earlier:
+                    options.tool_results = earlier  # this branch's answers (chat.store.history_for)
                 replies.append(Message.objects.create(
                     conversation=conv, parent=parent, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
                     model_name=plan.model, reserved_tokens=holds[len(replies)], options=options.to_dict()))

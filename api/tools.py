@@ -112,7 +112,13 @@ def assistant_calls(message, index):
                 or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments", ""), str)):
             raise invalid(f"'{param}[{j}]' must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\", "
                           "\"arguments\"}} with arguments as a JSON string.", param)
-        out.append({"id": call["id"], "name": fn["name"], "arguments": fn.get("arguments") or "{}"})
+        arguments = fn.get("arguments") or "{}"
+        try:
+            json.loads(arguments)
+        except ValueError:
+            raise invalid(f"'{param}[{j}].function.arguments' must be a JSON string (the model reads it back as "
+                          f"it was sent), not {json.dumps(arguments[:60])}.", f"{param}[{j}].function.arguments") from None
+        out.append({"id": call["id"], "name": fn["name"], "arguments": arguments})
     return out
 
 

@@ -42,6 +42,9 @@ class GenerationOptions:
     tool_round: int | None = None
     tool_note: str | None = None
     tool_stopped: bool | None = None
+    # Results an API client sent for calls an earlier request made ([{"call_id", "output"}]): this
+    # branch's answers to them (chat.store.history_for), kept here, not on the shared call rows.
+    tool_results: list | None = None
     # When the reaper queued it a second time (chat.reaper).
     requeued_at: str | None = None
     # A Responses request's fields (api.response_store) and how many times a background one ran.

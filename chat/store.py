@@ -17,7 +17,7 @@ def history_for(message):
     """The turns a reply to ``message.parent`` is conditioned on: the branch above it, without
     failed or empty answers (an answer that asked for calls stays, with its calls and their
     results as tool turns). A result an API client sent for a call made before its request is
-    kept on that request's answer (``options["tool_results"]``), not on the call, because each
+    kept on that request's answers (``options["tool_results"]``), not on the call, because each
     branch going on from the call may answer it differently; it counts only in its own branch."""
     conversation = message.conversation
     branch = conversation.branch(message.parent) if message.parent_id else []
@@ -26,7 +26,7 @@ def history_for(message):
         calls.setdefault(call.message_id, []).append(call)
     answered = {}
     for m in [*branch, message]:
-        for result in (getattr(m, "options", None) or {}).get("tool_results", ()):
+        for result in GenerationOptions.from_dict(getattr(m, "options", None)).tool_results or ():
             answered[result["call_id"]] = result["output"]
     turns = []
     for m in branch:

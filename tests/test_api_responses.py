@@ -254,13 +254,52 @@ def test_a_function_call_and_its_output_round_trip(server):
         model=SMOL, previous_response_id=asked.id, tools=[WEATHER], max_output_tokens=24, temperature=0,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "18 C and sunny"}])
     assert answered.status in ("completed", "incomplete") and answered.output_text
-    stored = server.query("SELECT output, status FROM chat_toolcall WHERE call_id = ?", call.call_id)
-    assert stored == [{"output": "18 C and sunny", "status": "ok"}]
+    # The output is this branch's: kept with the answer it asked for, not on the shared call row.
+    assert options_of(server, answered.id)["tool_results"] == [{"call_id": call.call_id, "output": "18 C and sunny"}]
+    assert server.query("SELECT output FROM chat_toolcall WHERE call_id = ?", call.call_id) == [{"output": ""}]
     # The answer to the call's output hangs right under the answer that made the call.
     assert row_of(server, answered.id)["parent_id"] == int(asked.id[5:])
     items = client.responses.input_items.list(answered.id)
     assert [(i.type, i.call_id, i.output) for i in items.data] == [
         ("function_call_output", call.call_id, "18 C and sunny")]
+
+
+def history_of(server, response_id):
+    """The turns the worker conditioned the response's answer on (chat.store.history_for)."""
+    code = ("import json; from chat.models import Message; from chat.store import history_for; "
+            f"print(json.dumps(history_for(Message.objects.get(pk={int(response_id[5:])}))))")
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=REPO, env=server.env, check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_each_branch_keeps_its_own_function_output_and_an_unanswered_call_is_refused(server):
+    client = client_for(server)
+    asked = client.responses.create(model=SMOL, input="What is the weather in Rome?", tools=[WEATHER],
+                                    tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=60,
+                                    temperature=0)
+    call = next(item for item in asked.output if item.type == "function_call")
+
+    def answer(output):
+        return client.responses.create(
+            model=SMOL, previous_response_id=asked.id, tools=[WEATHER], max_output_tokens=8, temperature=0,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": output}])
+
+    sunny, secret = answer("18 C and sunny"), answer("PINEAPPLE is the secret word")
+    follow_up = client.responses.create(model=SMOL, previous_response_id=sunny.id, input="And tomorrow?",
+                                        max_output_tokens=8, temperature=0)
+    for response, own, other in ((sunny, "18 C and sunny", "PINEAPPLE"), (secret, "PINEAPPLE", "18 C"),
+                                 (follow_up, "18 C and sunny", "PINEAPPLE")):
+        results = [t["content"] for t in history_of(server, response.id) if t["role"] == "tool"]
+        assert len(results) == 1 and results[0].startswith(own) and other not in results[0], results
+    # A branch that goes on from the call without its output is refused, as OpenAI does.
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model=SMOL, previous_response_id=asked.id, input="Never mind.", max_output_tokens=8)
+    assert info.value.body["param"] == "input[0]" and info.value.body["code"] == "tool_call_unanswered"
+    # Deleting a branch takes its output with it: a new branch answering the call sees only its own.
+    client.responses.delete(secret.id)
+    again = answer("windy")
+    assert [t["content"] for t in history_of(server, again.id) if t["role"] == "tool"] == ["windy"]
 
 
 def test_a_streamed_function_call_concatenates_to_its_arguments(server):

@@ -257,6 +257,16 @@ BAD = [
      "messages[1].tool_call_id"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"id": "c1"}]}]},
      "messages[1].tool_calls"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{not json"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "r"}]}, "messages[1].tool_calls[0].function.arguments"),
+    # OpenAI's rule: every call is answered by a tool message before the conversation goes on.
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "a", "arguments": "{}"}},
+        {"id": "c2", "type": "function", "function": {"name": "b", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "r"}, {"role": "user", "content": "and?"}]}, "messages[3]"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "a", "arguments": "{}"}}]}]}, "messages"),
 ]
 
 
