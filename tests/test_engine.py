@@ -295,6 +295,28 @@ def test_idle_history_leaves_the_kv_cache_while_others_decode_and_returns_from_h
     assert backend.stats()["prefix_host_hits"] == 1
 
 
+def test_idle_history_gives_way_to_the_running_answers_cells(bundled_registry):
+    """Idle conversations keep only what the running ones leave of ``resident_cells``: the cells
+    every step scans stay within it while the running answers fit in it (least recently used
+    history leaves first)."""
+    backend = bundled_registry(slots=2, resident_cells=600).backend("m")
+    history = "Remember these words: " + " ".join(f"word{i}" for i in range(80)) + "."
+    _, finish, _ = collect(backend, request(history, user="alice", max_tokens=4))
+    alice_cells = finish.prompt_tokens
+    assert 150 < alice_cells < 300
+
+    _, finish, _ = collect(backend, request("Say hello.", user="bob", max_tokens=4))
+    bob_cells = finish.prompt_tokens + 4
+    assert alice_cells + bob_cells < 600
+    assert backend.stats()["host_entries"] == 0  # a short turn beside it: alice's history stays
+
+    long_turn = "Summarise this list: " + " ".join(f"item{i}" for i in range(120)) + "."
+    _, finish, _ = collect(backend, request(long_turn, user="carol", max_tokens=4))
+    assert finish.prompt_tokens + alice_cells > 600 > finish.prompt_tokens + bob_cells
+    # carol's cells left alice's history no room (host RAM), but bob's short one stays
+    assert [owner for owner, _, _ in backend.engine.table.host.entries.values()] == ["alice"]
+
+
 def test_a_fully_cached_prompt_samples_from_its_own_logits(bundled_registry):
     """Retry after a stop at the first token: the prompt is entirely cached, and the context last
     decoded another conversation; the first token must still be the prompt's own."""

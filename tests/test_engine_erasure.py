@@ -13,7 +13,7 @@ HISTORY = "Remember these words: " + " ".join(f"word{i}" for i in range(80)) + "
 
 
 def owners(table):
-    return {s.owner for s in table.slots if s.owner and s.tokens} | {o for o, _, _ in table.host.entries.values()}
+    return {s.owner for s in table.seqs if s.owner and s.tokens} | {o for o, _, _ in table.host.entries.values()}
 
 
 @pytest.mark.django_db

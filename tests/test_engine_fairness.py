@@ -99,9 +99,9 @@ def test_a_person_arriving_during_a_long_prompt_step_goes_first_and_the_prompt_r
     # llama.cpp dropped the ended step's cells and the engine's record agrees: the sequence holds
     # exactly the tokens the engine thinks it does, so the answer is the one it gives alone.
     mem = llama_cpp.llama_get_memory(engine.ctx)
-    slot = long_job.slot
-    assert llama_cpp.llama_memory_seq_pos_max(mem, slot.seq_id) + 1 == len(slot.tokens)
-    assert slot.tokens[:len(long_job.tokens)] == long_job.tokens
+    seq = long_job.seq
+    assert llama_cpp.llama_memory_seq_pos_max(mem, seq.seq_id) + 1 == len(seq.tokens)
+    assert seq.tokens[:len(long_job.tokens)] == long_job.tokens
     k = 0
     while k < min(len(reference.tokens), len(resumed.tokens)) and reference.tokens[k] == resumed.tokens[k]:
         k += 1

@@ -14,11 +14,12 @@ import llama_cpp
 
 from inference.backends import Delta, Finish, Queued
 
-from .fairness import StepCosts, decode_jobs
+from .fairness import StepCosts
 from .interrupt import ABORTED, StepInterrupt
-from .kv import SlotTable
+from .kv import SequenceTable
 from .sampling import Detokenizer, Sampler, StopStrings
 from .scheduler import Scheduler
+from .step_plan import JobState, plan_step
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ class Job:
         self.out = queue.Queue()
         self.cancelled = False
         # engine-thread state
-        self.slot = None
+        self.state = JobState.WAITING
+        self.seq = None  # its KV sequence (kv.KvSequence) once admitted
         self.n_past = 0  # prompt tokens already in the KV cache
         self.cached = 0
         self.kv = []  # tokens in the KV cache for this sequence
@@ -79,17 +81,17 @@ class BatchEngine:
         self.model = model  # llama_cpp._internals.LlamaModel (tokenizer and vocab)
         self.ctx = ctx  # a raw llama_context pointer owned by this engine's thread
         self.vocab = model.vocab
-        self.slots_max = slots
+        self.running_max = slots
         self.batch_tokens = batch_tokens
         # While others are streaming, a prompt advances this many tokens a step (their next token
         # waits for the whole step); alone, it takes the full batch and prefills at full speed.
         self.chunk_tokens = min(chunk_tokens or batch_tokens, batch_tokens)
         self.visible_special = set(visible_special)
-        self.table = SlotTable(ctx, n_seq=slots * 2, capacity=capacity, host_budget=host_budget,
+        self.table = SequenceTable(ctx, n_seq=slots * 2, capacity=capacity, host_budget=host_budget,
                                resident_budget=resident_cells)
         self.scheduler = Scheduler(per_user=per_user)
         self.active = []
-        self.batch = llama_cpp.llama_batch_init(batch_tokens + slots, 0, 1)
+        self.llama_batch = llama_cpp.llama_batch_init(batch_tokens + slots, 0, 1)
         self.cv = threading.Condition()
         self.closing = False
         self.forget_requests = []
@@ -147,11 +149,11 @@ class BatchEngine:
             self.cv.notify()
         self.thread.join(timeout=30)
         if not self.thread.is_alive():
-            llama_cpp.llama_batch_free(self.batch)
+            llama_cpp.llama_batch_free(self.llama_batch)
 
     def stats(self):
         with self.cv:
-            data = {"running": len(self.active), "waiting": len(self.scheduler), "slots": self.slots_max,
+            data = {"running": len(self.active), "waiting": len(self.scheduler), "slots": self.running_max,
                     "batch_fill": self.last_fill, "steps": self.steps,
                     "decoded_tokens": self.decoded, "preemptions": self.preemptions,
                     "interrupted_steps": self.interruptions}
@@ -199,9 +201,10 @@ class BatchEngine:
             self._end_waiting(job)
 
     def _end_waiting(self, job):
-        if job.slot is not None:  # paused mid-answer: keep what it produced
+        if job.seq is not None:  # paused mid-answer: keep what it produced
             self._finish(job, "stopped")
         else:
+            job.state = JobState.FINISHED
             if job.sampler is not None:
                 job.sampler.close()
             job.out.put(Finish("stopped", len(job.tokens), 0))
@@ -210,15 +213,16 @@ class BatchEngine:
         """Interactive requests wait while background ones fill every slot: pause the newest
         background sequence (its tokens stay in the KV cache) and put it back in line."""
         changed = False
-        while len(self.active) >= self.slots_max and self.scheduler.eligible("interactive"):
+        while len(self.active) >= self.running_max and self.scheduler.eligible("interactive"):
             paused = [j for j in self.active if j.priority == "background"]
-            if not paused or not any(not s.busy for s in self.table.slots):
+            if not paused or not any(not s.busy for s in self.table.seqs):
                 break
             job = max(paused, key=lambda j: j.id)
             self.active.remove(job)
             self.scheduler.finished(job.user, job.priority)
             self.scheduler.add_front(job, job.user, job.priority)
             job.position = None
+            job.state = JobState.PAUSED
             job.pauses += 1
             self.preemptions += 1
             changed = True
@@ -226,13 +230,14 @@ class BatchEngine:
 
     def _admit(self):
         changed = self._preempt_background()
-        while len(self.active) < self.slots_max:
+        while len(self.active) < self.running_max:
             picked = self.scheduler.pop()
             if picked is None:
                 break
             job, _ = picked
             self._mark(job, "admitted")
-            if job.slot is not None:  # a paused sequence resumes where it stopped
+            if job.seq is not None:  # a paused sequence resumes where it stopped
+                job.state = JobState.DECODING if job.pending is not None else JobState.PREFILLING
                 self.active.append(job)
                 changed = True
                 continue
@@ -240,13 +245,15 @@ class BatchEngine:
                 job.sampler = job.sampler or Sampler(self.vocab, job.params, job.grammar)
             except ValueError as exc:
                 self.scheduler.finished(job.user, job.priority)
+                job.state = JobState.FINISHED
                 job.out.put(Finish("error", len(job.tokens), 0, error=str(exc)))
                 continue
-            job.slot, job.cached = self.table.take(job.user, job.tokens, job.public)
+            job.seq, job.cached = self.table.take(job.user, job.tokens, job.public)
             job.n_past = job.cached
             job.kv = list(job.tokens[:job.cached])
             job.detok = Detokenizer(self.vocab, self.visible_special)
             job.stops = StopStrings(job.params.stop)
+            job.state = JobState.PREFILLING  # take() always leaves the last prompt token to evaluate
             self.active.append(job)
             changed = True
         if changed:
@@ -254,7 +261,7 @@ class BatchEngine:
 
     def _admissible(self, job):
         """Whether a waiting person's request would be admitted now (under the lock)."""
-        return (job.priority == "interactive" and len(self.active) < self.slots_max
+        return (job.priority == "interactive" and len(self.active) < self.running_max
                 and self.scheduler.running[job.user] < self.scheduler.per_user)
 
     def _announce_positions(self):
@@ -270,39 +277,11 @@ class BatchEngine:
         jobs = [j for j in jobs if not j.cancelled]
         if not jobs:
             return
-        self.table.trim_idle()  # only while something decodes: an idle engine keeps its history
-        decoding = decode_jobs(jobs, self.steps, self.costs.decode_step, self.kv_share)
-        rows = [(job, job.pending, len(job.kv), True) for job in decoding]  # (job, token, pos, wants_logits)
-        prefilling = [j for j in jobs if j.n_past < len(j.tokens)]
-        budget = self.batch_tokens - len(rows)
-        contended = bool(rows) or len(prefilling) > 1
-        if contended:
-            # Others are streaming, or several prompts wait: small steps, so streams keep flowing
-            # and the prompts that are nearly done get their first token soon, not all at the end.
-            budget = min(budget, self.chunk_tokens)
-        if rows and prefilling and all(len(j.tokens) - j.cached > self.chunk_tokens for j in prefilling):
-            # Only long prompts wait (a prompt that fits one chunk, a chat message's, goes first
-            # and whole, as its first token is what a person waits for): they share the streams' time.
-            budget = min(budget, self.costs.prefill_budget(decoding, prefilling, budget))
-        if prefilling:
-            # Shortest remaining prompt first: it minimises the mean wait for a first token. While
-            # others wait or stream, a step completes at most one prompt, so eight short prompts
-            # sent at once get their first tokens one short step apart, not all together after one
-            # long step (a median of four short steps instead of eight). Among equals a different
-            # one leads each step, so two long prompts share the chunks.
-            start = self.steps % len(prefilling)
-            rotated = prefilling[start:] + prefilling[:start]
-            # A person's prompt goes before any batch line's, so a short line admitted beside a chat
-            # never takes the one prompt a contended step completes.
-            for job in sorted(rotated, key=lambda j: (j.priority == "background", len(j.tokens) - j.n_past)):
-                if budget <= 0:
-                    break
-                take = min(len(job.tokens) - job.n_past, budget)
-                for k in range(job.n_past, job.n_past + take):
-                    rows.append((job, job.tokens[k], k, k == len(job.tokens) - 1))
-                budget -= take
-                if contended and job.n_past + take == len(job.tokens):
-                    break
+        # Only while something decodes: an idle engine keeps its history.
+        self.table.trim_idle(running_cells=sum(max(len(j.kv), len(j.tokens)) for j in jobs))
+        plan = plan_step(jobs, step=self.steps, costs=self.costs, kv_share=self.kv_share,
+                         batch_tokens=self.batch_tokens, chunk_tokens=self.chunk_tokens)
+        rows, decoding = plan.rows, plan.decoding
         if not rows:
             return
         if not self.table.make_room(len(rows)):
@@ -321,7 +300,7 @@ class BatchEngine:
                 self.interrupt.clear()
                 self.interruptible = {r[0] for r in rows}
         self.costs.start()
-        rc = llama_cpp.llama_decode(self.ctx, self.batch)
+        rc = llama_cpp.llama_decode(self.ctx, self.llama_batch)
         if long_step:
             with self.cv:  # disarmed before the next step, which must never be ended
                 self.interruptible = ()
@@ -351,12 +330,12 @@ class BatchEngine:
         self.costs.done(len(decoding), len(rows) - len(decoding))
 
     def _fill_batch(self, rows):
-        b = self.batch
+        b = self.llama_batch
         for i, (job, token, pos, wants_logits) in enumerate(rows):
             b.token[i] = token
             b.pos[i] = pos
             b.n_seq_id[i] = 1
-            b.seq_id[i][0] = job.slot.seq_id
+            b.seq_id[i][0] = job.seq.seq_id
             b.logits[i] = wants_logits
         b.n_tokens = len(rows)
 
@@ -379,8 +358,10 @@ class BatchEngine:
         if job.produced >= job.params.max_tokens:
             return self._finish(job, "length")
         job.pending = token
+        job.state = JobState.DECODING
 
     def _retire(self, job):
+        job.state = JobState.FINISHED
         with self.cv:
             if job in self.active:
                 self.active.remove(job)
@@ -393,7 +374,7 @@ class BatchEngine:
     def _finish(self, job, reason):
         self._mark(job, "finished")
         self._retire(job)
-        self.table.release(job.slot, job.kv, spill=job.priority != "background")
+        self.table.release(job.seq, job.kv, spill=job.priority != "background")
         tail = job.stops.finish(job.detok.finish())
         if tail:
             job.out.put(Delta(tail))
@@ -401,8 +382,8 @@ class BatchEngine:
 
     def _fail(self, job, error):
         self._retire(job)
-        if job.slot is not None:
-            self.table.discard(job.slot)
+        if job.seq is not None:
+            self.table.discard(job.seq)
         job.out.put(Finish("error", len(job.tokens), job.produced, cached_tokens=job.cached, error=error))
 
 

@@ -25,7 +25,7 @@ def common_prefix(a, b):
     return n
 
 
-class Slot:
+class KvSequence:
     __slots__ = ("seq_id", "tokens", "owner", "busy", "used_at", "spill")
 
     def __init__(self, seq_id):
@@ -71,11 +71,11 @@ class HostTier:
         return tokens, state
 
 
-class SlotTable:
+class SequenceTable:
     def __init__(self, ctx, n_seq, capacity, host_budget, resident_budget=None):
         self.ctx = ctx
         self.mem = llama_cpp.llama_get_memory(ctx)
-        self.slots = [Slot(i) for i in range(n_seq)]
+        self.seqs = [KvSequence(i) for i in range(n_seq)]
         self.capacity = capacity  # KV cells shared by all sequences (unified KV cache)
         self.host = HostTier(host_budget)
         # Idle sequences' cells kept in the KV cache while others decode (None: no limit).
@@ -84,139 +84,142 @@ class SlotTable:
         self.forgotten = set()  # owners whose accounts are deleted
 
     def cells_used(self):
-        return sum(len(s.tokens) for s in self.slots)
+        return sum(len(s.tokens) for s in self.seqs)
 
     def take(self, owner, prompt, public=0):
         """A sequence id for ``prompt``, primed with the longest prefix this owner has cached,
         or else with up to ``public`` tokens (the template's own opening, such as its default
-        system prompt: no user's text) from any sequence. Returns (slot, reused); at least the
+        system prompt: no user's text) from any sequence. Returns (sequence, reused); at least the
         last prompt token is always left to evaluate, so the first token is sampled from logits
         computed for this sequence."""
-        idle = [s for s in self.slots if not s.busy]
+        idle = [s for s in self.seqs if not s.busy]
         if not idle:
             raise RuntimeError("no free sequence id (more requests admitted than sequences)")
         reused, best = max(((common_prefix(s.tokens, prompt), s) for s in idle if s.owner == owner and s.tokens),
                            default=(0, None), key=lambda pair: pair[0])
         if best is not None and reused >= MIN_REUSE:
-            slot = best
+            seq = best
             self.hits += 1
         else:
-            slot = min(idle, key=lambda s: (bool(s.tokens), s.used_at))
-            self._evict(slot)
+            seq = min(idle, key=lambda s: (bool(s.tokens), s.used_at))
+            self._evict(seq)
             reused = 0
             found = self.host.take(owner, prompt)
-            if found is not None and self._restore(slot, *found):
-                reused = common_prefix(slot.tokens, prompt)
+            if found is not None and self._restore(seq, *found):
+                reused = common_prefix(seq.tokens, prompt)
                 self.host_hits += 1
             else:
-                reused = self._share_public(slot, prompt, public)
+                reused = self._share_public(seq, prompt, public)
                 self.misses += not reused
         reused = min(reused, len(prompt) - 1)
-        self._truncate(slot, reused)
-        slot.owner, slot.busy = owner, True
-        return slot, reused
+        self._truncate(seq, reused)
+        seq.owner, seq.busy = owner, True
+        return seq, reused
 
-    def _share_public(self, slot, prompt, public):
+    def _share_public(self, seq, prompt, public):
         """Copy the longest user-independent prefix any sequence holds (a tag, not a copy, in a
-        unified KV cache). Returns how many tokens the slot now holds."""
-        donors = [s for s in self.slots if s is not slot and s.tokens]
+        unified KV cache). Returns how many tokens the sequence now holds."""
+        donors = [s for s in self.seqs if s is not seq and s.tokens]
         if public < MIN_SHARED or not donors:
             return 0
         n, donor = max(((common_prefix(s.tokens, prompt[:public]), s) for s in donors), key=lambda pair: pair[0])
         if n < MIN_SHARED:
             return 0
-        llama_cpp.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, 0, n)
-        slot.tokens = list(prompt[:n])
+        llama_cpp.llama_memory_seq_cp(self.mem, donor.seq_id, seq.seq_id, 0, n)
+        seq.tokens = list(prompt[:n])
         self.shared_hits += 1
         return n
 
-    def release(self, slot, tokens, spill=True):
+    def release(self, seq, tokens, spill=True):
         """A finished sequence stays resident for its owner's next request. ``spill``: whether it
         is worth host RAM once evicted (a batch line's conversation gets no follow-up, and its
         state, about 1.6 MB per 70 tokens, would push people's histories out of the budget)."""
-        if slot.owner in self.forgotten:
-            slot.tokens = tokens
-            return self.discard(slot)
-        slot.tokens = tokens
-        slot.busy = False
-        slot.used_at = time.monotonic()
-        slot.spill = spill
+        if seq.owner in self.forgotten:
+            seq.tokens = tokens
+            return self.discard(seq)
+        seq.tokens = tokens
+        seq.busy = False
+        seq.used_at = time.monotonic()
+        seq.spill = spill
 
     def forget_owners(self, owners):
         """Drop every idle sequence and host-RAM entry of these owners (deleted accounts); their
         running ones are dropped, not kept, when they finish."""
         self.forgotten.update(owners)
-        for slot in self.slots:
-            if not slot.busy and slot.owner in owners:
-                self._truncate(slot, 0)
-                slot.owner = None
+        for seq in self.seqs:
+            if not seq.busy and seq.owner in owners:
+                self._truncate(seq, 0)
+                seq.owner = None
         for key in [k for k, (owner, _, _) in self.host.entries.items() if owner in owners]:
             self.host.size -= len(self.host.entries.pop(key)[2])
 
-    def discard(self, slot):
+    def discard(self, seq):
         """Forget a sequence whose KV content is not trustworthy (a failed decode)."""
-        self._truncate(slot, 0)
-        slot.owner, slot.busy = None, False
+        self._truncate(seq, 0)
+        seq.owner, seq.busy = None, False
 
     def make_room(self, cells):
         """Evict idle sequences (to the host tier), least recently used first, until ``cells``
         more fit; False when even that is not enough."""
-        for slot in sorted((s for s in self.slots if not s.busy and s.tokens), key=lambda s: s.used_at):
+        for seq in sorted((s for s in self.seqs if not s.busy and s.tokens), key=lambda s: s.used_at):
             if self.cells_used() + cells <= self.capacity:
                 break
-            self._evict(slot)
+            self._evict(seq)
         return self.cells_used() + cells <= self.capacity
 
-    def trim_idle(self):
+    def trim_idle(self, running_cells=0):
         """Every step's attention spans the occupied KV cells, idle sequences' too: one idle
-        2,900-token history cost a single stream 12% of its decode speed here, five of them 34%.
-        So while anything decodes, idle sequences keep at most ``resident_budget`` cells; the least
-        recently used move to the host tier (restoring one costs milliseconds, not a prefill)."""
+        2,900-token history cost a single stream 12% of its decode speed here, five of them 34%,
+        and 3,000 idle cells cost sixteen streams 12% (bench/engine.py's shape). So while anything
+        decodes, the cells in use stay within ``resident_budget`` where they can: idle sequences
+        keep what the ``running_cells`` leave of it, and the least recently used move to the host
+        tier (restoring one costs milliseconds, not a prefill)."""
         if self.resident_budget is None:
             return
-        idle = [s for s in self.slots if not s.busy and s.tokens]
+        allowed = max(0, self.resident_budget - running_cells)
+        idle = [s for s in self.seqs if not s.busy and s.tokens]
         held = sum(len(s.tokens) for s in idle)
-        if held <= self.resident_budget:  # the usual case, checked every step: nothing to sort
+        if held <= allowed:  # the usual case, checked every step: nothing to sort
             return
-        for slot in sorted(idle, key=lambda s: s.used_at):
-            if held <= self.resident_budget:
+        for seq in sorted(idle, key=lambda s: s.used_at):
+            if held <= allowed:
                 break
-            held -= len(slot.tokens)
-            self._evict(slot)
+            held -= len(seq.tokens)
+            self._evict(seq)
 
     def forget_idle(self):
-        for slot in self.slots:
-            if not slot.busy:
-                self._truncate(slot, 0)
-                slot.owner = None
+        for seq in self.seqs:
+            if not seq.busy:
+                self._truncate(seq, 0)
+                seq.owner = None
         self.host.entries.clear()
         self.host.size = 0
 
-    def _truncate(self, slot, n):
-        llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, n, -1)
-        del slot.tokens[n:]
+    def _truncate(self, seq, n):
+        llama_cpp.llama_memory_seq_rm(self.mem, seq.seq_id, n, -1)
+        del seq.tokens[n:]
 
-    def _evict(self, slot):
-        if slot.spill and len(slot.tokens) >= MIN_REUSE and slot.owner is not None:
-            size = llama_cpp.llama_state_seq_get_size(self.ctx, slot.seq_id)
+    def _evict(self, seq):
+        if seq.spill and len(seq.tokens) >= MIN_REUSE and seq.owner is not None:
+            size = llama_cpp.llama_state_seq_get_size(self.ctx, seq.seq_id)
             if 0 < size <= self.host.budget:
                 buf = (ctypes.c_uint8 * size)()
-                written = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, slot.seq_id)
+                written = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, seq.seq_id)
                 # string_at copies in C; bytes(buf[:n]) would build a list of ints first (40x slower)
-                self.host.put(slot.owner, list(slot.tokens), ctypes.string_at(buf, written))
-        self._truncate(slot, 0)
-        slot.owner = None
+                self.host.put(seq.owner, list(seq.tokens), ctypes.string_at(buf, written))
+        self._truncate(seq, 0)
+        seq.owner = None
 
-    def _restore(self, slot, tokens, state):
+    def _restore(self, seq, tokens, state):
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        if not llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(state), slot.seq_id):
-            self._truncate(slot, 0)
+        if not llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(state), seq.seq_id):
+            self._truncate(seq, 0)
             return False
-        slot.tokens = list(tokens)
+        seq.tokens = list(tokens)
         return True
 
     def stats(self):
-        return {"resident_sequences": sum(1 for s in self.slots if s.tokens and not s.busy),
+        return {"resident_sequences": sum(1 for s in self.seqs if s.tokens and not s.busy),
                 "kv_cells_used": self.cells_used(), "kv_cells": self.capacity,
                 "host_bytes": self.host.size, "host_entries": len(self.host.entries),
                 "prefix_hits": self.hits, "prefix_host_hits": self.host_hits, "prefix_shared_hits": self.shared_hits,

@@ -1,0 +1,65 @@
+"""What one engine step puts through llama_decode: the scheduling decision in one place.
+
+The engine admits requests (``scheduler.Scheduler``: who goes in next), then asks ``plan_step``
+which rows this step holds; it only fills the llama batch, decodes and samples. A request's
+state says which kind of rows it may get, as llama.cpp's server slot states and vLLM's request
+states do.
+"""
+import enum
+from dataclasses import dataclass, field
+
+from .fairness import decode_jobs
+
+
+class JobState(enum.Enum):
+    WAITING = "waiting"  # in the scheduler's line, holding no sequence
+    PREFILLING = "prefilling"  # admitted; some prompt tokens are not in the KV cache yet
+    DECODING = "decoding"  # its last sampled token goes through the model next
+    PAUSED = "paused"  # a background request that gave its place to a person; keeps its sequence
+    FINISHED = "finished"  # its Finish was sent
+
+
+@dataclass
+class StepPlan:
+    rows: list = field(default_factory=list)  # (job, token, position, wants_logits)
+    decoding: list = field(default_factory=list)  # the jobs whose sampled token is in ``rows``
+
+
+def plan_step(jobs, *, step, costs, kv_share, batch_tokens, chunk_tokens):
+    """The rows of the next step for the running ``jobs``: each decoding job's pending token
+    (fair turns: ``fairness.decode_jobs``), then prompt chunks in the budget that leaves.
+    ``costs`` is the engine's ``fairness.StepCosts``."""
+    decoding = decode_jobs([j for j in jobs if j.state is JobState.DECODING], step, costs.decode_step, kv_share)
+    plan = StepPlan(rows=[(job, job.pending, len(job.kv), True) for job in decoding], decoding=decoding)
+    prefilling = [j for j in jobs if j.state is JobState.PREFILLING]
+    budget = batch_tokens - len(plan.rows)
+    contended = bool(plan.rows) or len(prefilling) > 1
+    if contended:
+        # Others are streaming, or several prompts wait: small steps, so streams keep flowing
+        # and the prompts that are nearly done get their first token soon, not all at the end.
+        budget = min(budget, chunk_tokens)
+    if plan.rows and prefilling and all(len(j.tokens) - j.cached > chunk_tokens for j in prefilling):
+        # Only long prompts wait (a prompt that fits one chunk, a chat message's, goes first
+        # and whole, as its first token is what a person waits for): they share the streams' time.
+        budget = min(budget, costs.prefill_budget(decoding, prefilling, budget))
+    if not prefilling:
+        return plan
+    # Shortest remaining prompt first: it minimises the mean wait for a first token. While
+    # others wait or stream, a step completes at most one prompt, so eight short prompts sent at
+    # once get their first tokens one short step apart, not all together after one long step (a
+    # median of four short steps instead of eight). Among equals a different one leads each
+    # step, so two long prompts share the chunks.
+    start = step % len(prefilling)
+    rotated = prefilling[start:] + prefilling[:start]
+    # A person's prompt goes before any batch line's, so a short line admitted beside a chat
+    # never takes the one prompt a contended step completes.
+    for job in sorted(rotated, key=lambda j: (j.priority == "background", len(j.tokens) - j.n_past)):
+        if budget <= 0:
+            break
+        take = min(len(job.tokens) - job.n_past, budget)
+        for k in range(job.n_past, job.n_past + take):
+            plan.rows.append((job, job.tokens[k], k, k == len(job.tokens) - 1))
+        budget -= take
+        if contended and job.n_past + take == len(job.tokens):
+            break
+    return plan
