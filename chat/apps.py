@@ -9,7 +9,6 @@ class ChatConfig(AppConfig):
     def ready(self):
         from usage import quotas
 
-        from . import checks  # noqa: F401  (registers the system checks)
         from .models import generations_in_flight
 
         quotas.count_in_flight_with(generations_in_flight)  # usage sits below chat: it never imports it

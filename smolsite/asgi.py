@@ -13,8 +13,8 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 
 from batches.uploads import UploadCap  # noqa: E402
-from chat.nul_guard import NulCookieGuard  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
+from smolsite.nul_guard import NulCookieGuard  # noqa: E402
 # The URLconf now, not at the first request: a plugin whose routes collide with the site's
 # refuses the start (smolsite.plugin_routes) instead of every request failing.
 import smolsite.urls  # noqa: E402,F401
@@ -24,7 +24,7 @@ application = ProtocolTypeRouter(
         # Static files are served by the app itself, through WhiteNoise (smolsite.staticfiles).
         # Upload size limits before Django spools the body (batches.uploads).
         "http": UploadCap(django_asgi_app),
-        # A cookie with a NUL in it never reaches the session lookup (chat.nul_guard).
+        # A cookie with a NUL in it never reaches the session lookup (smolsite.nul_guard).
         "websocket": AllowedHostsOriginValidator(
             NulCookieGuard(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }

@@ -103,13 +103,14 @@ INSTALLED_APPS = [
     "api",
     "usage",
     "review",
+    "smolsite",  # the site's own checks (smolsite.apps)
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # A NUL in the path is a 400 before any view, and dropped from the query and the cookies (PostgreSQL
     # text cannot hold it): before the session middleware, which takes its key from a cookie.
-    "chat.nul_guard.NulCharacterMiddleware",
+    "smolsite.nul_guard.NulCharacterMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -117,8 +118,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    # An unreachable database answers 503 saying so, not a 500 (chat.db_unavailable).
-    "chat.db_unavailable.DatabaseUnavailableMiddleware",
+    # An unreachable database answers 503 saying so, not a 500 (smolsite.db_unavailable).
+    "smolsite.db_unavailable.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "smolsite.urls"
@@ -369,7 +370,7 @@ CONTENT_SECURITY_POLICY = {
 
 # Who becomes the administrator: "signup" (the first account signed up on a fresh install) or
 # "createsuperuser" (nobody by signing up; sign-up stays closed until an administrator exists).
-# `manage.py check --deploy` warns about "signup" with sign-up open (chat/checks.py).
+# `manage.py check --deploy` warns about "signup" with sign-up open (smolsite/checks.py).
 SMOLSITE_ADMIN_BOOTSTRAP = os.environ.get("SMOLSITE_ADMIN_BOOTSTRAP", "signup").strip().lower()
 
 # Sidebar search: the longest query used (longer ones are cut), and, where the database has no

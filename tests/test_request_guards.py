@@ -17,7 +17,7 @@ NUL_SESSION_COOKIE = 'sessionid="\\000abcdefghijklmnopqrstuvwxyz"'  # a quoted c
 
 def test_the_nul_guard_comes_before_the_session_middleware():
     order = settings.MIDDLEWARE
-    assert order.index("chat.nul_guard.NulCharacterMiddleware") < \
+    assert order.index("smolsite.nul_guard.NulCharacterMiddleware") < \
         order.index("django.contrib.sessions.middleware.SessionMiddleware")
 
 

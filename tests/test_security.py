@@ -269,6 +269,14 @@ def test_check_deploy_warns_without_https_and_about_the_first_signup(tmp_path):
         assert check in output, output
 
 
+def test_an_unknown_admin_bootstrap_mode_is_a_system_check_error(settings):
+    """The site's own checks are registered for every command, not only `check --deploy`."""
+    from django.core import checks
+
+    settings.SMOLSITE_ADMIN_BOOTSTRAP = "bogus"
+    assert "smolsite.E001" in [message.id for message in checks.run_checks(tags=[checks.Tags.security])]
+
+
 def test_https_settings(tmp_path):
     code = ("from django.conf import settings as s; print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, "
             "s.SECURE_SSL_REDIRECT, s.SECURE_HSTS_SECONDS > 0, s.SECURE_PROXY_SSL_HEADER)")
@@ -584,7 +592,7 @@ def test_fuzz_frames_always_answer_with_one_error_and_keep_the_socket():
 def test_a_nul_in_the_path_is_a_400_and_dropped_from_the_query(client):
     """PostgreSQL text cannot hold NUL: a lookup by such an id or filter used to be a 500 there."""
     from batches.models import Batch
-    from chat.nul_guard import refusal
+    from smolsite.nul_guard import refusal
     from django.test import RequestFactory
 
     alice = get_user_model().objects.create_user("alice", password="correct-horse-battery-9")
