@@ -1,16 +1,10 @@
-"""Forms for the chat pages: sign-up, per-conversation settings, rename."""
+"""Forms for the chat pages: per-conversation settings, model, rename."""
 from django import forms
 from django.conf import settings
-from django.contrib.auth.forms import UserCreationForm
 
 from inference.models import UnknownModel, all_models, get_model
 
 from .models import Conversation
-
-
-class SignupForm(UserCreationForm):
-    class Meta(UserCreationForm.Meta):
-        fields = ("username",)
 
 
 def model_choices():

@@ -61,7 +61,7 @@ def _sockets_key(user_id):
 
 
 def socket_cache_keys(user_id):
-    """Every cache key that is this user's (deleted with their account, chat.account_data)."""
+    """Every cache key that is this user's (deleted with their account, accounts.deletion)."""
     return [_sockets_key(user_id), _lock_key(user_id)]
 
 

@@ -103,6 +103,7 @@ INSTALLED_APPS = [
     "api",
     "usage",
     "review",
+    "accounts",
     "smolsite",  # the site's own checks (smolsite.apps)
 ]
 
@@ -327,11 +328,11 @@ if SMOLSITE_HTTPS:
     # decision for the domain's owner, not for this application (hence the silenced W021).
     SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
-# Client addresses (chat.client_address): how many proxies in front of the site append to
+# Client addresses (accounts.client_address): how many proxies in front of the site append to
 # X-Forwarded-For and are believed. 0: the connection's peer, no header read (anyone can send one).
 SMOLSITE_TRUSTED_PROXIES = int(os.environ.get("SMOLSITE_TRUSTED_PROXIES", "1" if SMOLSITE_HTTPS else "0"))
-RATELIMIT_IP_META_KEY = "chat.client_address.client_ip"  # django-ratelimit's key="ip" uses it too
-# Failed sign-ins (site and admin, chat.login_throttle), counted in windows of
+RATELIMIT_IP_META_KEY = "accounts.client_address.client_ip"  # django-ratelimit's key="ip" uses it too
+# Failed sign-ins (site and admin, accounts.login_throttle), counted in windows of
 # SMOLSITE_LOGIN_LOCK_MINUTES: per account (from one address it stops at half, so a guesser at one
 # address cannot lock the owner out) and per client address (larger: a NAT hides many people).
 SMOLSITE_LOGIN_FAILURES_PER_ACCOUNT = int(os.environ.get("SMOLSITE_LOGIN_FAILURES_PER_ACCOUNT", "10"))

@@ -11,8 +11,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("", include("batches.api_urls")),  # before api.urls' catch-all for /v1/
     path("", include("api.urls")),
-    path("", include("api.account_urls")),
-    path("", include("chat.account_urls")),
+    path("", include("accounts.urls")),
     path("", include("batches.urls")),
     path("", include("chat.urls")),
 ]

@@ -292,7 +292,7 @@ async def test_deleting_the_account_closes_its_open_chat_sockets_at_once(setting
     from channels.testing import WebsocketCommunicator
     from django.test import Client
 
-    from chat.account_data import delete_user_data
+    from accounts.deletion import delete_user_data
     from smolsite.asgi import application
 
     settings.SMOLSITE_WS_AUTH_SECONDS = 3600

@@ -1,5 +1,5 @@
 """Failed sign-ins (the site's and the admin's) and sign-ups are limited per account and per client
-address (chat.login_throttle), through real HTTP with Django's test client. django-ratelimit's
+address (accounts.login_throttle), through real HTTP with Django's test client. django-ratelimit's
 clock is the test's, so no window edge falls inside a test and a lock's end is reached by moving
 the clock, not by waiting."""
 import logging
@@ -130,7 +130,7 @@ def test_the_admin_login_is_throttled_too_and_refusals_are_logged_and_counted(cl
     for _ in range(2):
         response, client = sign_in("10.2.0.1", "root", "wrong-guess", url="/admin/login/")
         assert response.status_code == 200 and not signed_in(client)
-    with caplog.at_level(logging.WARNING, logger="chat.login_throttle"):
+    with caplog.at_level(logging.WARNING, logger="accounts.login_throttle"):
         response, client = sign_in("10.2.0.1", "root", url="/admin/login/")
     assert response.status_code == 429 and not signed_in(client)
     assert "Too many failed sign-ins for this account. Try again in" in text(response)

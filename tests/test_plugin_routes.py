@@ -81,8 +81,7 @@ def own_patterns():
         path("readyz", health.readyz),
         path("", include("batches.api_urls")),
         path("", include("api.urls")),
-        path("", include("api.account_urls")),
-        path("", include("chat.account_urls")),
+        path("", include("accounts.urls")),
         path("", include("batches.urls")),
         path("", include("chat.urls")),
     ]

@@ -24,7 +24,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from chat import accounts, sidebar
+import accounts.signup
+from chat import sidebar
 from chat.models import Conversation, Message
 
 REPO = Path(__file__).resolve().parent.parent
@@ -201,7 +202,7 @@ def test_two_concurrent_first_signups_make_one_admin(monkeypatch):
     """Both sign-ups wait for each other after creating their account and before deciding: without
     a lock both see only themselves (PostgreSQL) and both become superusers."""
     barrier = threading.Barrier(2)
-    original = accounts.promote_if_first
+    original = accounts.signup.promote_if_first
 
     def slow_promote(user):
         try:
@@ -210,7 +211,7 @@ def test_two_concurrent_first_signups_make_one_admin(monkeypatch):
             pass
         return original(user)
 
-    monkeypatch.setattr(accounts, "promote_if_first", slow_promote)
+    monkeypatch.setattr(accounts.signup, "promote_if_first", slow_promote)
     results = {}
 
     def run(name):

@@ -34,6 +34,6 @@ QUEUE_WAIT = Histogram("smolsite_queue_wait_seconds",
 # (plugins.metrics.multiproc.forget_dead_processes).
 IN_PROGRESS = Gauge("smolsite_generations_in_progress", "generations running now", LABELS,
                     multiprocess_mode="livesum", registry=None)
-# Counted in the web process (chat.login_throttle through the request_throttled hook).
+# Counted in the web process (accounts.login_throttle through the request_throttled hook).
 THROTTLED = Counter("smolsite_throttled_requests", "sign-ins and sign-ups refused by a limit, by action and "
                     "by the limit (account or address)", ("action", "scope"), registry=None)

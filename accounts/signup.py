@@ -2,16 +2,12 @@
 (SMOLSITE_ADMIN_BOOTSTRAP=signup, the default), or only accounts made with `createsuperuser`
 (SMOLSITE_ADMIN_BOOTSTRAP=createsuperuser: sign-up stays closed until an administrator exists)."""
 from django.conf import settings
-from django.contrib import admin
-from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import get_user_model, login
-from django.contrib.auth import views as auth_views
-from django.contrib.auth.forms import AuthenticationForm
 from django.db import IntegrityError, connection, transaction
 from django.shortcuts import redirect, render
 
 from .forms import SignupForm
-from .login_throttle import ThrottledLoginMixin, signup_refusal, with_retry_after
+from .login_throttle import signup_refusal
 
 # Any constant: the key of the PostgreSQL advisory lock first sign-ups take turns on.
 PROMOTION_LOCK = 0x5350_4C41  # "SPLA"
@@ -75,32 +71,3 @@ def _signup_refused(request, form, throttled):
     response = render(request, "registration/signup.html", {"form": form, "throttled": str(throttled)}, status=429)
     response["Retry-After"] = str(throttled.retry_after)
     return response
-
-
-class LoginForm(ThrottledLoginMixin, AuthenticationForm):
-    pass
-
-
-class AdminLoginForm(ThrottledLoginMixin, AdminAuthenticationForm):
-    throttle_action = "admin_login"
-
-
-class LoginView(auth_views.LoginView):
-    redirect_authenticated_user = True
-    authentication_form = LoginForm
-
-    def get_context_data(self, **kwargs):
-        return {**super().get_context_data(**kwargs), "signup_open": signup_open()}
-
-    def form_invalid(self, form):
-        return with_retry_after(super().form_invalid(form), form)
-
-
-class ThrottledAdminSite(admin.AdminSite):
-    """The admin site (settings: smolsite.admin_app), its sign-in throttled like the site's, with
-    the same 429 when the throttle refuses."""
-    login_form = AdminLoginForm
-
-    def login(self, request, extra_context=None):
-        response = super().login(request, extra_context)
-        return with_retry_after(response, (getattr(response, "context_data", None) or {}).get("form"))
