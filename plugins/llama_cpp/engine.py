@@ -66,9 +66,10 @@ class Job:
 
 def kv_share_of(model):
     """What attending over one context token costs a decode step, as a share of the step: the
-    bytes of its keys and values (f16) over the weights' bytes, both read once per step. A lower
-    bound: where attention is bound by compute instead, it costs more (a 2-core EPYC: one token at
-    5,500 context took 80 ms in a step that takes 13 ms without it, against 1.3 steps estimated)."""
+    bytes of its keys and values (f16) over the weights' bytes, both read once per step. The first
+    guess only (fairness.StepCosts measures it as steps run): where attention is bound by compute
+    it costs more (a 2-core EPYC: one token at 5,500 context took 80 ms in a step that takes 13 ms
+    without it, against 1.3 steps estimated)."""
     n_head = max(1, llama_cpp.llama_model_n_head(model))
     head_dim = llama_cpp.llama_model_n_embd(model) // n_head
     kv_bytes = 2 * llama_cpp.llama_model_n_layer(model) * llama_cpp.llama_model_n_head_kv(model) * head_dim * 2
@@ -100,8 +101,7 @@ class BatchEngine:
         self.decoded = 0  # tokens through llama_decode, all sequences
         self.preemptions = 0
         self.last_fill = 0.0
-        self.costs = StepCosts()
-        self.kv_share = kv_share_of(model.model)
+        self.costs = StepCosts(context_share=kv_share_of(model.model))
         self.interrupt = StepInterrupt(ctx)
         self.interruptible = ()  # the jobs of a long prompt step under way with nobody else in it
         self.interruptions = 0
@@ -279,7 +279,7 @@ class BatchEngine:
             return
         # Only while something decodes: an idle engine keeps its history.
         self.table.trim_idle(running_cells=sum(max(len(j.kv), len(j.tokens)) for j in jobs))
-        plan = plan_step(jobs, step=self.steps, costs=self.costs, kv_share=self.kv_share,
+        plan = plan_step(jobs, step=self.steps, costs=self.costs,
                          batch_tokens=self.batch_tokens, chunk_tokens=self.chunk_tokens)
         rows, decoding = plan.rows, plan.decoding
         if not rows:
@@ -290,9 +290,9 @@ class BatchEngine:
             self._fail(newest, "the server's context memory is full: try again in a moment")
             return
         self._fill_batch(rows)
-        # A step bigger than a chunk holds only prompts (nobody streams, one prompt waits): it
-        # is the one step that can last long enough for a newcomer to notice.
-        long_step = not decoding and len(rows) > self.chunk_tokens and self.interrupt.supported
+        # A step of prompts alone (nobody streams) that costs more than a chunk is the one step
+        # that can last long enough for a newcomer to notice.
+        long_step = plan.is_long(self.costs, self.chunk_tokens) and self.interrupt.supported
         if long_step:
             with self.cv:
                 if any(self._admissible(j) for j in self.scheduler.order()):
@@ -327,7 +327,7 @@ class BatchEngine:
                     self._fail(job, GRAMMAR_TOO_COSTLY)
                     continue
                 self._accept(job, token)
-        self.costs.done(len(decoding), len(rows) - len(decoding))
+        self.costs.done(len(decoding), plan.prompt_rows(), *plan.cells())
 
     def _fill_batch(self, rows):
         b = self.llama_batch

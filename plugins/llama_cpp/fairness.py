@@ -9,15 +9,17 @@ costs a few milliseconds plus a few more per token in it).
 - **Costly sequences:** a sequence whose own part of a step costs more than ROW_SHARE of the
   step decodes only every few steps while other users stream, so it costs them at most that
   share. Its part is its grammar's filtering (measured; it runs inside the step everyone waits
-  for) and its attention over its own context (estimated: reading a 5,000-token context's KV
-  cache costs SmolLM2-135M more than reading its weights). A huge tool list or a long
-  conversation then slows its owner, not everyone.
+  for) and its attention over its own context (measured as steps run, from how their time moves
+  with the cells their rows attend; a 5,500-token context costs a 2-core CPU six steps). A huge
+  tool list or a long conversation then slows its owner, not everyone.
 - **Prefill:** a prompt that fits one chunk (a chat message's) goes first and whole, as before. While
   others stream, longer prompts get a share of the engine's time, not a fixed number of tokens a
   step: over time, about PREFILL_SHARE of the streams' own time, times the number of users waiting
   over the number streaming, after a short burst. The costs are measured as the engine runs (a GPU's step is another shape
   than a CPU's). Before, a 7,000-token prompt took 128 tokens a step for its whole prefill, and a
-  stream beside it got a token every ~0.4 s instead of every ~8 ms.
+  stream beside it got a token every ~0.4 s instead of every ~8 ms. A prompt is long by cost, not
+  only by tokens: the last 37 tokens of a follow-up to a cached 5,500-token tool list attend
+  5,500 cells each and took 2.4 s in one step.
 """
 import time
 
@@ -32,6 +34,9 @@ SMOOTHING = 0.2
 # step, on average, as a share of the step: a step with two short streams is ~1.3x one, so a
 # costly sequence then costs a neighbour about what a second neighbour would.
 ROW_SHARE = 0.3
+# Steps of fewer rows than this attend one cell at a time (llama.cpp's CPU flash attention tiles
+# 64 query rows): where a row's cost grows with its context as the cell cost says.
+SMALL_STEP_ROWS = 64
 
 
 def decode_jobs(jobs, step, decode_step=None, kv_share=0.0):
@@ -72,11 +77,21 @@ def _due(job, step, decode_step, kv_share):
 
 class StepCosts:
     """Measured cost of a step's parts (the streams' tokens, from decode-only steps; one prompt
-    token, from the rest of mixed steps) and the prompts' time credit while others stream."""
+    token, from the rest of mixed steps; one row's attention over one context cell, from how
+    decode-only steps' time moves with the cells their rows attend) and the prompts' time credit
+    while others stream."""
 
-    def __init__(self):
+    def __init__(self, context_share=0.0):
+        # One context cell's attention as a share of a decode step until the steps measure it
+        # (engine.kv_share_of: the model's KV bytes per token over its weights' bytes).
+        self.fallback_share = context_share
         self.decode_step = None  # seconds
         self.prefill_token = None  # seconds
+        # Decode-only steps' time against the context cells their rows attend: running means,
+        # variance and covariance, whose ratio is the seconds one row spends per cell. A model's
+        # bytes said 1.3 steps for a 5,500-token context on a 2-core EPYC; it took 6 (attention
+        # of a few rows runs one cell at a time there, not as a matrix product).
+        self.cells = Moments()
         self.credit = BURST_SECONDS
         self.share = None  # this step's prompt share, when others were streaming
         self.began = None
@@ -86,9 +101,31 @@ class StepCosts:
     def start(self):
         self.began = time.perf_counter()
 
-    def prefill_budget(self, decoding, waiting, most):
+    def cell_cost(self):
+        """Seconds a row spends per context cell it attends: measured once the steps have shown
+        it, else the model's estimate (None before any step was timed)."""
+        measured = self.cells.slope()
+        if measured is not None:
+            return measured
+        return self.fallback_share * self.decode_step if self.decode_step else None
+
+    def context_share(self):
+        """What one context cell of a sequence costs the step, as a share of a decode step."""
+        cost = self.cell_cost()
+        return cost / self.decode_step if cost is not None and self.decode_step else self.fallback_share
+
+    def prompt_cost(self, tokens, context):
+        """Seconds ``tokens`` prompt tokens take at ``context`` cells of their sequence, once the
+        costs are measured (None before): each attends about its context, which at 5,500 cells
+        costs a CPU more than the weights do."""
+        if not self.prefill_token:
+            return None
+        return tokens * (self.prefill_token + (self.cell_cost() or 0.0) * context)
+
+    def prefill_budget(self, decoding, waiting, most, context=0):
         """Prompt tokens this step may take, with ``decoding`` jobs streaming and ``waiting``
-        jobs prefilling; ``most`` when no one else is streaming."""
+        jobs prefilling, whose tokens attend about ``context`` cells; ``most`` when no one else
+        is streaming."""
         streaming_users = {j.user for j in decoding}
         waiting_users = {j.user for j in waiting}
         if not streaming_users - waiting_users:
@@ -99,16 +136,25 @@ class StepCosts:
             return 0  # the streams alone this step: what they cost now (it changes with their number)
         if not self.prefill_token:
             return min(most, FIRST_GUESS_TOKENS)
-        return max(1, min(most, int(self.credit / self.prefill_token)))
+        return max(1, min(most, int(self.credit / self.prompt_cost(1, context))))
 
-    def done(self, decoded, prefilled):
-        elapsed = time.perf_counter() - self.began
+    def done(self, decoded, prefilled, decode_cells=0, prompt_cells=0):
+        """A step ran: ``decoded`` streams' tokens and ``prefilled`` prompt tokens, whose rows
+        attended ``decode_cells`` and ``prompt_cells`` context cells in all."""
+        self.record(time.perf_counter() - self.began, decoded, prefilled, decode_cells, prompt_cells)
+
+    def record(self, elapsed, decoded, prefilled, decode_cells=0, prompt_cells=0):
         self.steps += 1
         if prefilled == 0:
             self.decode_step = _smooth(self.decode_step, elapsed)
+            if decoded < SMALL_STEP_ROWS:
+                self.cells.add(decode_cells, elapsed)
             self.measured_at = self.steps
         elif decoded and self.decode_step is not None:
-            self.prefill_token = _smooth(self.prefill_token, max(elapsed - self.decode_step, 0.0) / prefilled)
+            # A prompt token's own part, its context's attention apart (where the cell cost
+            # measured on decode steps holds: steps of few rows).
+            context = (self.cell_cost() or 0.0) * prompt_cells if decoded + prefilled < SMALL_STEP_ROWS else 0.0
+            self.prefill_token = _smooth(self.prefill_token, max(elapsed - self.decode_step - context, 0.0) / prefilled)
         elif not decoded and prefilled >= 16:  # alone, the step's fixed part is spread thin enough
             self.prefill_token = _smooth(self.prefill_token, elapsed / prefilled)
         if self.share is None or not decoded:
@@ -117,6 +163,37 @@ class StepCosts:
             earned = self.share * self.decode_step - prefilled * self.prefill_token
             self.credit = min(BURST_SECONDS, self.credit + earned)
         self.share = None
+
+
+class Moments:
+    """Exponentially weighted means, variance and covariance of (x, y) pairs: the slope of y on x
+    over recent steps, once x has varied enough to tell (pacing makes steps with and without a
+    long context, so it does where it matters)."""
+
+    WEIGHT = 0.05
+    MIN_SPREAD = 256  # cells: below this standard deviation of x the slope is noise
+    MIN_PAIRS = 16
+
+    def __init__(self):
+        self.n = 0
+        self.mx = self.my = self.vx = self.cxy = 0.0
+
+    def add(self, x, y):
+        self.n += 1
+        if self.n == 1:
+            self.mx, self.my = float(x), float(y)
+            return
+        w = self.WEIGHT
+        dx, dy = x - self.mx, y - self.my
+        self.mx += w * dx
+        self.my += w * dy
+        self.vx = (1 - w) * (self.vx + w * dx * dx)
+        self.cxy = (1 - w) * (self.cxy + w * dx * dy)
+
+    def slope(self):
+        if self.n < self.MIN_PAIRS or self.vx < self.MIN_SPREAD ** 2:
+            return None
+        return max(0.0, self.cxy / self.vx)
 
 
 def _smooth(old, new):
