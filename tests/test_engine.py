@@ -516,3 +516,40 @@ def test_typed_control_tokens_stay_text_when_the_template_rewrites_the_content(b
     assert tokens.count(im_start) == 4  # user, assistant, user, and the assistant the template opens
     naive = backend.llm_model.tokenize(str(prompt).encode(), add_bos=True, special=True)
     assert naive.count(im_start) == 7
+
+
+def test_a_stream_per_sequence_answers_as_the_shared_pool_and_keeps_each_conversation(bundled_registry):
+    """SMOLSITE_KV_STREAM_TOKENS: each KV sequence its own stream (llama-server's -np layout).
+    Two people at once get the answers the shared pool gives; a conversation is capped at its
+    stream; a follow-up reuses its own cells, and one evicted to host RAM comes back into
+    another sequence's stream."""
+    shared = bundled_registry(name="m", slots=2).backend("m")
+    prompts = ["Name three colours.", "Count from one to five."]
+    expected = [collect(shared, request(p, user=f"p{i}", max_tokens=12))[0] for i, p in enumerate(prompts)]
+
+    backend = bundled_registry(name="m", slots=2, kv_stream_tokens=1024).backend("m")
+    assert backend.context_size == 1024 and backend.engine.table.streams
+    answers = [None, None]
+
+    def ask(i):
+        answers[i] = collect(backend, request(prompts[i], user=f"p{i}", max_tokens=12))[0]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert answers == expected
+
+    history = "Remember these words: " + " ".join(f"word{i}" for i in range(40)) + "."
+    first, finish, _ = collect(backend, request(history, user="alice", max_tokens=4))
+    prompt_cells = finish.prompt_tokens
+    _, finish, _ = collect(backend, follow_up("alice", history, first, max_tokens=4))
+    assert finish.cached_tokens >= prompt_cells - 1  # her own stream's cells, not a prefill
+
+    for i in range(4):  # four others take every sequence: alice's history goes to host RAM
+        collect(backend, request(f"Say hello number {i}.", user=f"other{i}", max_tokens=2))
+    assert backend.stats()["host_entries"] >= 1
+    before = backend.stats()["prefix_host_hits"]
+    _, finish, _ = collect(backend, follow_up("alice", history, first, max_tokens=4))
+    assert finish.cached_tokens >= prompt_cells - 1 and backend.stats()["prefix_host_hits"] == before + 1
