@@ -7,7 +7,7 @@ from typing import Optional
 from django.conf import settings
 
 from inference import structured as schemas
-from inference.models import UnknownModel, get_model
+from inference.model_configs import UnknownModel, get_model
 
 from . import tools
 from .errors import ApiError, invalid

@@ -20,7 +20,7 @@ from django.conf import settings
 
 from inference import toolcalls
 from inference.backends import GenerationRequest
-from inference.models import get_model
+from inference.model_configs import get_model
 
 from .errors import ApiError
 

@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from chat.models import Conversation
 from inference import toolcalls
-from inference.models import all_models, get_model, model_features
+from inference.model_configs import all_models, get_model, model_features
 from inference.structured import validation_error
 from inference.workers import alive_workers
 from usage.quotas import QuotaExceeded

@@ -14,7 +14,7 @@ from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_POST
 
 from api.errors import ApiError
-from inference.models import all_models
+from inference.model_configs import all_models
 
 from . import service, uploads
 from .models import Batch, BatchLine

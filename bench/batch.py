@@ -199,7 +199,7 @@ def site_settings():
     process has the site's environment)."""
     from django.conf import settings
 
-    from inference.models import get_model
+    from inference.model_configs import get_model
     from plugins.llama_cpp.backend import LlamaCppBackend
 
     backend = LlamaCppBackend(get_model(cc.MODEL))  # reads its options; loads nothing

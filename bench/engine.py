@@ -39,7 +39,7 @@ from llama_cpp._internals import LlamaModel  # noqa: E402
 
 from concurrency import MODEL, SITE_N_CTX, THREADS, story_prompt  # noqa: E402
 from inference.backends import Finish, SamplingParams  # noqa: E402
-from inference.models import ModelConfig  # noqa: E402
+from inference.model_configs import ModelConfig  # noqa: E402
 from plugins.llama_cpp import engine as engine_module  # noqa: E402
 from plugins.llama_cpp.backend import LlamaCppBackend  # noqa: E402
 from plugins.llama_cpp.engine import Job  # noqa: E402

@@ -462,7 +462,7 @@ async def bench(args, env, tmp):
     from django.conf import settings
 
     from inference.registry import get_registry
-    from inference.models import get_model
+    from inference.model_configs import get_model
 
     model = get_model(MODEL)
     log(f"model {model.path} (n_ctx {model.n_ctx}, {model.threads} threads), max_tokens {args.max_tokens}, "

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from inference.models import UnknownModel, get_model
+from inference.model_configs import UnknownModel, get_model
 from usage.quotas import QuotaExceeded, reserve
 
 from . import agent

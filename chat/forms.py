@@ -2,7 +2,7 @@
 from django import forms
 from django.conf import settings
 
-from inference.models import UnknownModel, all_models, get_model
+from inference.model_configs import UnknownModel, all_models, get_model
 
 from .models import Conversation
 

@@ -1,7 +1,7 @@
 """Server-rendered fragments shared by the views and the websocket consumer."""
 from django.template.loader import render_to_string
 
-from inference.models import get_model, model_features, UnknownModel
+from inference.model_configs import get_model, model_features, UnknownModel
 
 from .markdown import render_markdown
 from .models import Message, ToolCall

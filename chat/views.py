@@ -11,7 +11,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from inference import dispatch
-from inference.models import UnknownModel, all_models, get_model
+from inference.model_configs import UnknownModel, all_models, get_model
 from inference.workers import alive_workers
 
 from . import actions, limits

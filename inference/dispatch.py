@@ -5,7 +5,7 @@ import os
 
 from django.conf import settings
 
-from .models import get_model
+from .model_configs import get_model
 from .stop import request_stop
 
 

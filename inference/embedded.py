@@ -166,7 +166,7 @@ def forward_stop(job_id):
 def start_all(mode=None, on_worker_lost=None):
     """A served process's workers, one per configured device. ``on_worker_lost(worker_id, reason)``
     ends the generations of a child process that died (process mode)."""
-    from .models import all_models
+    from .model_configs import all_models
 
     mode = mode or settings.SMOLSITE_WORKER_MODE
     if mode not in MODES:

@@ -84,7 +84,7 @@ def register_tools():
 
 @hookspec
 def register_models():
-    """Return a list of ``inference.models.ModelConfig`` served besides SMOLSITE_MODELS (models found
+    """Return a list of ``inference.model_configs.ModelConfig`` served besides SMOLSITE_MODELS (models found
     at run time, e.g. on upstream servers). Called by every ``all_models()``: read a cache, never the
     network. Names already taken are ignored. A backend class with ``load_on_demand = True`` is made
     at its model's first request (and again when the model's options change)."""

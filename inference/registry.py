@@ -5,7 +5,7 @@ import logging
 import threading
 
 from .backends import BackendError
-from .models import all_models, get_model, models_for_device
+from .model_configs import all_models, get_model, models_for_device
 from .plugins import get_plugin_manager
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from django.utils.module_loading import import_string
 from . import toolcalls
 from .backends import BackendError, Finish, PromptTooLong, Queued
 from .registry import get_registry
-from .models import model_info
+from .model_configs import model_info
 from .plugins import get_plugin_manager
 from .publish import Publisher
 from .stop import StopChecker, clear_stop

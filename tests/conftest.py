@@ -40,7 +40,7 @@ def bundled_registry(default_model_path):
     """Makes registries holding the bundled model under another name, context size and options
     (registry settings such as slots); unloads them after."""
     from inference.registry import ModelRegistry
-    from inference.models import ModelConfig
+    from inference.model_configs import ModelConfig
 
     registries = []
 

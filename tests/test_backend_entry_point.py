@@ -4,7 +4,7 @@ SMOLSITE_MODELS runs the backend that tests/plugin_dist/smolsite-hello registers
 import pytest
 
 from inference.backends import BackendError
-from inference.models import get_model
+from inference.model_configs import get_model
 from inference.plugins import build_plugin_manager, get_plugins
 from inference.registry import ModelRegistry
 from inference.testing import make_request, run_request

@@ -6,7 +6,7 @@ import pytest
 
 from inference.backends import BackendError
 from inference.gguf_info import GGUFError, read_gguf_info
-from inference.models import ModelConfig
+from inference.model_configs import ModelConfig
 from plugins.llama_cpp.backend import LlamaCppBackend
 
 

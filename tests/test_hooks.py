@@ -5,7 +5,7 @@ import pytest
 from inference.backends import Backend, Delta, Finish
 from inference.registry import ModelRegistry, create_backend, registered_backends
 from inference.hookspecs import hookimpl
-from inference.models import ModelConfig, model_features
+from inference.model_configs import ModelConfig, model_features
 from inference.plugins import build_plugin_manager
 from inference.testing import make_request, run_request
 
@@ -237,7 +237,7 @@ def test_hook_register_models(pm, settings):
 
     settings.SMOLSITE_MODELS = {"echo": {"path": "", "backend": "echo"}}
     pm.register(Plugin(), name="models-plugin")
-    from inference.models import all_models, get_model
+    from inference.model_configs import all_models, get_model
 
     assert [m.name for m in all_models()] == ["echo", "found-later"]
     assert get_model("echo").backend == "echo" and get_model("found-later").device == "elsewhere"

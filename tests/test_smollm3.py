@@ -8,7 +8,7 @@ from inference import plugins
 from inference.backends import GenerationRequest, SamplingParams
 from inference.registry import ModelRegistry
 from inference.gguf_info import read_gguf_info
-from inference.models import ModelConfig, model_features, model_info
+from inference.model_configs import ModelConfig, model_features, model_info
 from inference.testing import run_service
 from smollm3_tiny import N_LAYER, smollm3_template, write_tiny_smollm3
 

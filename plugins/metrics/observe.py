@@ -17,7 +17,7 @@ _running = {}  # request id -> labels, from generation_started to generation_fin
 
 
 def _device(model):
-    from inference.models import get_model
+    from inference.model_configs import get_model
     from inference.worker_state import current_worker_id
 
     try:

@@ -108,7 +108,7 @@ class Command(BaseCommand):
         import os
 
         from inference.embedded import get_worker
-        from inference.models import get_model
+        from inference.model_configs import get_model
 
         for device in {get_model(name).device for name in batch.models_used.split(", ")}:
             try:
