@@ -3,7 +3,7 @@ checks the quotas), the device queue and the conversation's event stream.
 
 The request subscribes to the conversation's channel-layer group before anything is enqueued,
 so no event can be published before it listens. Its events are followed as the chat page's are
-(chat.generation.follow): a gap (a lost batch) is filled from the database, which the worker
+(chat.generation.follow): a gap (a lost flush of events) is filled from the database, which the worker
 writes at least once a second, and after a silence an answer that ended with no event saying so
 ends here too.
 """

@@ -376,7 +376,7 @@ class ChatShape:
 
     @classmethod
     def closing(cls, plan, run, choice):
-        # Whatever of the saved calls did not stream (a lost batch of events) goes out first.
+        # Whatever of the saved calls did not stream (a lost flush of events) goes out first.
         stream = choice.calls or toolcalls.CallStream()
         for index, call in enumerate(choice.row.get("tool_calls") or []):
             sent = stream.sent_for(index)

@@ -1,4 +1,4 @@
-"""Batch jobs in OpenAI's Batch shape: an uploaded input file (JSONL, one chat completion request a
+"""Batches in the shape of OpenAI's Batch API: an uploaded input file (JSONL, one chat completion request a
 line), the batch, and one row per line that points at the chat Message answering it."""
 import os
 import secrets

@@ -224,8 +224,8 @@ def _fill(batch):
     stale = timezone.now() - timedelta(seconds=60)
     # A driver that died between claiming a line and making its rows.
     BatchLine.objects.filter(batch=batch, status=L.STARTING, started_at__lt=stale).update(status=L.QUEUED)
-    # Site-wide: each line in flight holds a device-worker thread while it waits for an engine
-    # slot, so all batches together stay below the worker's threads and a chat always finds one.
+    # Site-wide: each line in flight holds a device-worker thread while it waits for a running
+    # slot (SMOLSITE_SLOTS), so all batches together stay below the worker's threads and a chat always finds one.
     busy = BatchLine.objects.filter(status__in=(L.STARTING, L.RUNNING)).count()
     room = min(settings.SMOLSITE_BATCH_IN_FLIGHT - busy, people_headroom(batch.owner_id))
     if room <= 0:

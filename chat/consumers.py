@@ -1,4 +1,4 @@
-"""The chat websocket: actions in, numbered event batches out. No inference happens here;
+"""The chat websocket: actions in, numbered events out (in the publisher's flushes). No inference happens here;
 generations are handed to the model's device worker and stream back through the group."""
 import asyncio
 import json

@@ -17,6 +17,8 @@ class SamplingParams:
     top_p: float = 0.95
     max_tokens: int = 1024
     seed: Optional[int] = None
+    # Stop strings (OpenAI's "stop"): the answer ends before the first of them. A person stopping
+    # a generation is inference.stop's flag, not this.
     stop: list = field(default_factory=list)
 
 
@@ -38,7 +40,7 @@ class GenerationRequest:
     # Whose request this is: backends reuse cached tokens only within one user, and share the
     # device fairly between users.
     user_key: str = ""
-    priority: str = "interactive"  # or "background" (batch jobs): served when people are not
+    priority: str = "interactive"  # or "background" (batch lines, background responses): served when people are not
     # A GBNF grammar the answer must follow (structured output); "" for free text. A backend that
     # cannot enforce it must fail the request, never answer unconstrained.
     grammar: str = ""

@@ -42,25 +42,25 @@ def send(message):
 def call(request):
     """Ask the web process and wait for its answer (delivered by the child's reader, ``answered``)."""
     call_id = next(_call_ids)
-    slot = _calls[call_id] = [threading.Event(), False, None]
+    reply = _calls[call_id] = [threading.Event(), False, None]
     try:
         send(("call", call_id, request))
-        if not slot[0].wait(CALL_TIMEOUT):
+        if not reply[0].wait(CALL_TIMEOUT):
             raise TimeoutError(f"the web process did not answer {request[:2]} within {CALL_TIMEOUT} s")
     finally:
         _calls.pop(call_id, None)
-    if not slot[1]:
-        if isinstance(slot[2], BaseException):
-            raise slot[2]  # e.g. incr's ValueError for a missing key, as a local cache raises it
-        raise RuntimeError(f"the web process could not do {request[:2]}: {slot[2]}")
-    return slot[2]
+    if not reply[1]:
+        if isinstance(reply[2], BaseException):
+            raise reply[2]  # e.g. incr's ValueError for a missing key, as a local cache raises it
+        raise RuntimeError(f"the web process could not do {request[:2]}: {reply[2]}")
+    return reply[2]
 
 
 def answered(call_id, ok, value):
-    slot = _calls.get(call_id)
-    if slot is not None:
-        slot[1], slot[2] = ok, value
-        slot[0].set()
+    reply = _calls.get(call_id)
+    if reply is not None:
+        reply[1], reply[2] = ok, value
+        reply[0].set()
 
 
 def fail_all_calls(reason):

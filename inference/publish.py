@@ -1,8 +1,9 @@
-"""Numbered, batched events from a generation to a channel-layer group.
+"""Numbered events from a generation to a channel-layer group, sent in flushes.
 
-The generation thread never waits on the network: batches are handed to an event loop that
-sends them in order (the web server's loop when the worker is in-process, a loop thread of
-the worker's own otherwise). One send per flush, never per token.
+A flush is one send of the events a publisher gathered since the last one (never one per token).
+The generation thread never waits on the network: flushes are handed to an event loop that sends
+them in order (the web server's loop when the worker is in-process, a loop thread of the worker's
+own otherwise).
 """
 import asyncio
 import logging
@@ -15,20 +16,20 @@ from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
 
-# The first text goes out at once (time to first token); later text in batches this far apart.
-# Every batch wakes the publishing loop, Redis and each subscriber, which the decoding threads
-# feel on 2 cores: with the pub/sub layer 25 ms batches kept ~97.5% of raw tokens/s on the
+# The first text goes out at once (time to first token); later text in flushes this far apart.
+# Every flush wakes the publishing loop, Redis and each subscriber, which the decoding threads
+# feel on 2 cores: with the pub/sub layer 25 ms flushes kept ~97.5% of raw tokens/s on the
 # Celery path and 50 ms ~100% (bench/run.py; the list-based layer needed 100 ms for that).
 FLUSH_SECONDS = float(os.environ.get("SMOLSITE_FLUSH_MS", "50")) / 1000
-# A batch costs the web process about the same whatever it holds (a hop between threads or
+# A flush costs the web process about the same whatever it holds (a hop between threads or
 # processes, the channel layer, a write to each client), and with many answers at once each
-# batch holds a token or two: under load the batches grow instead, so a process sends about
-# EVENTS_PER_SECOND batches in all, shared by its answers, and no answer waits more than
-# MAX_FLUSH_SECONDS between batches (what the eye still reads as streaming).
+# flush holds a token or two: under load the flushes grow instead, so a process sends about
+# EVENTS_PER_SECOND flushes in all, shared by its answers, and no answer waits more than
+# MAX_FLUSH_SECONDS between flushes (what the eye still reads as streaming).
 EVENTS_PER_SECOND = float(os.environ.get("SMOLSITE_EVENTS_PER_SECOND", "60"))
 MAX_FLUSH_SECONDS = 0.25
-# A batch the layer refused (Redis restarting) is sent again after these pauses, later batches
-# waiting behind it: a lost middle batch is recovered from the saved text, a lost "done" never is.
+# A flush the layer refused (Redis restarting) is sent again after these pauses, later flushes
+# waiting behind it: a lost middle flush is recovered from the saved text, a lost "done" never is.
 RESEND_SECONDS = (0.25, 0.5, 1, 2, 4, 8)
 EVENT_TYPE = "gen.events"  # handled by the consumer's gen_events method
 TEXT_KINDS = ("text", "reasoning", "tool")  # "tool": a call being written (inference.toolcalls)
@@ -44,7 +45,7 @@ def streaming_answers():
 
 
 def flush_interval(base):
-    """The pause between batches of one answer when ``streaming_answers()`` are streaming."""
+    """The pause between flushes of one answer when ``streaming_answers()`` are streaming."""
     if base <= 0 or EVENTS_PER_SECOND <= 0:
         return base
     return max(base, min(MAX_FLUSH_SECONDS, streaming_answers() / EVENTS_PER_SECOND))

@@ -15,7 +15,7 @@ def choose_queue(model, affinity=""):
         for worker in alive_workers():
             if worker["id"] != affinity or model.name not in worker.get("models", []):
                 continue
-            # Saturated: someone already waits there for a slot; another worker may serve sooner.
+            # Saturated: someone already waits there for a running slot; another worker may serve sooner.
             if worker.get("queue") and worker.get("waiting", 0) == 0:
                 return worker["queue"], worker["id"]
     return model.queue, ""

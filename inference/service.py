@@ -1,5 +1,5 @@
 """The generation service: runs one request on a loaded backend, applies plugin stream
-filters, publishes numbered event batches and saves progress through a job store.
+filters, publishes numbered events in flushes (inference.publish) and saves progress through a job store.
 
 Both the Celery task (scaled out) and the in-process worker (embedded) call ``run_job``.
 """
@@ -219,7 +219,7 @@ class GenerationService:
                             if reasoning_started and not reasoning_ended:
                                 reasoning_ended = time.monotonic()
                         pub.emit(kind, piece)
-                    # The first text goes out at once (time to first token); later text in batches.
+                    # The first text goes out at once (time to first token); later text in flushes.
                     if pub.due():
                         seq = pub.flush()
                         now = time.monotonic()

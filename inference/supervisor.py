@@ -249,7 +249,7 @@ class DeviceWorkerProcess:
         async with self._relay_lock[1]:
             try:
                 await get_channel_layer().group_send(group, payload)
-            except Exception:  # a lost batch is recoverable from the database snapshot
+            except Exception:  # a lost flush is recoverable from the database snapshot
                 logger.exception("could not relay events to %s", group)
 
     def _lost(self, how, delay):

@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_OUTPUT = 8000
-DEFAULT_WORKERS = 8
+# Tool calls running at once, each on a thread of its own that holds a place (_call_places) until
+# it returns. The setting keeps its name, SMOLSITE_TOOL_WORKERS, for the deployments that set it.
+DEFAULT_CALLS_AT_ONCE = 8
 # The model writes arguments under a grammar that bounds them; this only stops a pathological
 # text before json.loads and the validator walk it.
 MAX_ARGUMENT_CHARS = 100_000
@@ -142,15 +144,15 @@ def tool_specs(names):
 
 # ---- running -------------------------------------------------------------------------------
 
-_slots = None
+_places = None
 
 
-def _running_slots():
-    global _slots
+def _call_places():
+    global _places
     with _lock:
-        if _slots is None:
-            _slots = threading.BoundedSemaphore(int(getattr(settings, "SMOLSITE_TOOL_WORKERS", DEFAULT_WORKERS)))
-        return _slots
+        if _places is None:
+            _places = threading.BoundedSemaphore(int(getattr(settings, "SMOLSITE_TOOL_WORKERS", DEFAULT_CALLS_AT_ONCE)))
+        return _places
 
 
 def _cap(text):
@@ -191,7 +193,7 @@ def _arguments(tool, text):
     return arguments, None
 
 
-def _call(tool, arguments, context, future, slots):
+def _call(tool, arguments, context, future, places):
     try:
         future.set_result(tool.fn(arguments, context))
     except BaseException as exc:  # SystemExit too: it would only end this thread, silently
@@ -204,7 +206,7 @@ def _call(tool, arguments, context, future, slots):
             connections.close_all()
         except Exception:
             logger.debug("closing a tool thread's connections failed", exc_info=True)
-        slots.release()
+        places.release()
 
 
 def _describe(exc):
@@ -238,16 +240,16 @@ def run_tool(name, arguments, context):
     arguments, problem = _arguments(tool, arguments)
     if problem:
         return _outcome("error", f"Invalid arguments for {tool.name}: {problem}", started)
-    slots = _running_slots()
-    if not slots.acquire(blocking=False):
+    places = _call_places()
+    if not places.acquire(blocking=False):
         return _outcome("error", "Too many tool calls are running on this server; try again later.", started)
     future = Future()
-    thread = threading.Thread(target=_call, args=(tool, arguments, context, future, slots), daemon=True,
+    thread = threading.Thread(target=_call, args=(tool, arguments, context, future, places), daemon=True,
                               name=f"tool-{tool.name}")
     try:
         thread.start()
     except BaseException as exc:
-        slots.release()
+        places.release()
         logger.exception("could not start a thread for tool %s", tool.name)
         return _outcome("error", _describe(exc), started)
     timeout = tool.timeout if tool.timeout is not None else float(getattr(settings, "SMOLSITE_TOOL_TIMEOUT",

@@ -8,8 +8,8 @@ def queue_wait(message):
     """Seconds between the message being queued and a worker starting it, derived from what is
     stored: the worker measures ``ttft`` from when it started the job, and ``tokens_per_second`` as
     (tokens - 1) over the time from the first token to the end, which is when ``finished_at`` is
-    written. So the rest of finished_at - created_at is the wait for a worker. (Waiting for a slot
-    in a busy engine is inside ttft.) None when the message did not finish with a first token."""
+    written. So the rest of finished_at - created_at is the wait for a worker. (Waiting for a running
+    slot in a busy engine is inside ttft.) None when the message did not finish with a first token."""
     if message.finished_at is None or message.ttft is None:
         return None
     generating = 0.0

@@ -168,8 +168,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
-    # Pub/sub costs one PUBLISH per batch, against several round trips per group_send for the
-    # list-based layer; both lose events only a reconnect resynchronises from the database.
+    # Pub/sub costs one PUBLISH per flush of events (inference.publish), against several round
+    # trips per group_send for the list-based layer; both lose events only a reconnect
+    # resynchronises from the database.
     if os.environ.get("SMOLSITE_CHANNEL_LAYER", "pubsub") == "pubsub":
         CHANNEL_LAYERS = {"default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
@@ -386,13 +387,13 @@ SMOLSITE_WS_AUTH_SECONDS = float(os.environ.get("SMOLSITE_WS_AUTH_SECONDS", "5")
 # periodic check (every SMOLSITE_WS_AUTH_SECONDS): events the channel layer dropped are made good.
 SMOLSITE_WS_STALL_SECONDS = float(os.environ.get("SMOLSITE_WS_STALL_SECONDS", "5"))
 
-# Batches (batches/): OpenAI Batch API jobs run at background priority on the device workers.
+# Batches (batches/): the lines of OpenAI Batch API batches run at background priority on the device workers.
 INSTALLED_APPS.append("batches")
 SMOLSITE_BATCH_MAX_LINES = int(os.environ.get("SMOLSITE_BATCH_MAX_LINES", "50000"))
 SMOLSITE_BATCH_MAX_BYTES = int(os.environ.get("SMOLSITE_BATCH_MAX_BYTES", str(100 * 1024 * 1024)))
 SMOLSITE_BATCH_MAX_ACTIVE = int(os.environ.get("SMOLSITE_BATCH_MAX_ACTIVE", "3"))  # in progress per user
-# Lines queued at once across all batches. Each holds a device-worker thread while it waits for an
-# engine slot: keep it below SMOLSITE_WORKER_THREADS so people's chats always find a free thread.
+# Lines queued at once across all batches. Each holds a device-worker thread while it waits for a
+# running slot (SMOLSITE_SLOTS): keep it below SMOLSITE_WORKER_THREADS so people's chats always find a free thread.
 SMOLSITE_BATCH_IN_FLIGHT = int(os.environ.get("SMOLSITE_BATCH_IN_FLIGHT", "16"))
 SMOLSITE_BATCH_TICK_SECONDS = float(os.environ.get("SMOLSITE_BATCH_TICK_SECONDS", "1"))
 SMOLSITE_BATCH_ATTEMPTS = int(os.environ.get("SMOLSITE_BATCH_ATTEMPTS", "3"))  # runs of a line a dead worker cut

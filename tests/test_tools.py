@@ -304,7 +304,7 @@ def test_unknown_tool_is_an_error(pm):
 
 
 def test_stuck_tools_cannot_pile_up_threads(recorder, monkeypatch):
-    monkeypatch.setattr(tool_runner, "_slots", threading.BoundedSemaphore(2))
+    monkeypatch.setattr(tool_runner, "_places", threading.BoundedSemaphore(2))
     assert [run_tool("waits", "{}", ANYONE).status for _ in range(2)] == ["timeout", "timeout"]
     refused = run_tool("calculator", '{"expression": "1 + 1"}', ANYONE)
     assert refused.status == "error" and "Too many tool calls" in refused.output

@@ -54,7 +54,7 @@ class Follower:
         return [mid for mid, heard in self.heard.items() if heard <= cutoff and mid not in self.held]
 
     async def on_events(self, message_id, events):
-        """A batch of events as the channel layer brought it."""
+        """One flush of events (inference.publish) as the channel layer brought it."""
         if message_id in self.held:
             self.held[message_id].extend(events)
             return

@@ -187,12 +187,12 @@ def _pieces(event, calls):
         for call in delta.get("tool_calls") or []:
             if not isinstance(call, dict):
                 continue
-            slot = calls.setdefault(call.get("index", len(calls)), {"name": "", "arguments": ""})
+            written = calls.setdefault(call.get("index", len(calls)), {"name": "", "arguments": ""})
             fn = call.get("function") or {}
             if isinstance(fn.get("name"), str):
-                slot["name"] += fn["name"]
+                written["name"] += fn["name"]
             if isinstance(fn.get("arguments"), str):
-                slot["arguments"] += fn["arguments"]
+                written["arguments"] += fn["arguments"]
     elif isinstance(choice.get("text"), str) and choice["text"]:  # /completions
         out.append((choice["text"].replace("\x00", ""), "text"))
     return [(piece, kind) for piece, kind in out if piece]

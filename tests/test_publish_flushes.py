@@ -1,4 +1,4 @@
-"""Event batches grow with the answers a process streams at once (inference.publish.flush_interval),
+"""Flushes of events grow with the answers a process streams at once (inference.publish.flush_interval),
 so the web process's cost per token falls under load instead of rising; the first text of every
 answer still goes out at once."""
 import asyncio
@@ -55,7 +55,7 @@ def test_many_answers_share_the_event_budget_up_to_the_longest_pause(loop, monke
     pubs[0].flush()
     assert pubs[0]._interval == pytest.approx(9 / 60)
     pubs[0].emit("text", " again")
-    assert not pubs[0].due()  # well within 150 ms of the last batch
+    assert not pubs[0].due()  # well within 150 ms of the last flush
     extra = streaming(30, loop)
     pubs[0].flush()
     assert pubs[0]._interval == publish.MAX_FLUSH_SECONDS
