@@ -13,8 +13,8 @@ hookimpl = HookimplMarker("smolsite")
 def register_backends(register):
     """Register backend classes: call ``register(name, backend_class)`` for each.
 
-    A backend class is constructed with a ``ModelConfig`` and must implement
-    ``inference.backends.Backend``.
+    A backend class is constructed with a ``ModelConfig`` and must implement ``Backend``, both
+    from ``inference.plugin_api`` (the one module plugins import from inference).
     """
 
 
@@ -75,7 +75,7 @@ def register_routes():
 
 @hookspec
 def register_tools():
-    """Return a list of ``inference.tool_runner.Tool`` the chat may offer the model: a name,
+    """Return a list of ``inference.plugin_api.Tool`` the chat may offer the model: a name,
     a description, a JSON Schema for the arguments and ``fn(arguments, context)``, run by the
     server on a thread of its own, with a time limit, as the chat's owner (``context.user_id``).
     A tool with a bad name or schema, or a name another plugin took first, is skipped with a
@@ -84,7 +84,7 @@ def register_tools():
 
 @hookspec
 def register_models():
-    """Return a list of ``inference.model_configs.ModelConfig`` served besides SMOLSITE_MODELS (models found
+    """Return a list of ``inference.plugin_api.ModelConfig`` served besides SMOLSITE_MODELS (models found
     at run time, e.g. on upstream servers). Called by every ``all_models()``: read a cache, never the
     network. Names already taken are ignored. A backend class with ``load_on_demand = True`` is made
     at its model's first request (and again when the model's options change)."""
@@ -92,6 +92,6 @@ def register_models():
 
 @hookspec
 def register_devices():
-    """Return a list of ``inference.workers.PluginDevice``: devices whose worker a plugin describes
+    """Return a list of ``inference.plugin_api.PluginDevice``: devices whose worker a plugin describes
     (its models now served, background work to start, heartbeat details, threads). Embedded, such a
     worker is a thread pool of the web process (I/O only); scaled out, ``make worker DEVICE=<name>``."""

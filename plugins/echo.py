@@ -2,8 +2,7 @@
 must run without a model file; it is never chosen unless a model asks for backend "echo"."""
 import time
 
-from inference.backends import Backend, Delta, Finish
-from inference.hookspecs import hookimpl
+from inference.plugin_api import Backend, Delta, Finish, hookimpl
 
 
 class EchoBackend(Backend):

@@ -1,5 +1,5 @@
 """The llama.cpp backend plugin (llama-cpp-python): runs GGUF models."""
-from inference.hookspecs import hookimpl
+from inference.plugin_api import hookimpl
 
 from .backend import LlamaCppBackend
 

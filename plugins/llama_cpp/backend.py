@@ -6,10 +6,7 @@ import re
 import llama_cpp
 from llama_cpp._internals import LlamaModel
 
-from inference.backends import Backend, BackendError, Finish
-from inference.gguf_info import GGUFError, read_gguf_info
-from inference import toolcalls
-from inference.prompt import ChatTemplate
+from inference.plugin_api import Backend, BackendError, ChatTemplate, Finish, GGUFError, read_gguf_info, toolcalls
 
 from . import logs, typed_text
 from .engine import BatchEngine, Job, wait_chunks

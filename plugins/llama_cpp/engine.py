@@ -12,7 +12,7 @@ import threading
 
 import llama_cpp
 
-from inference.backends import Delta, Finish, Queued
+from inference.plugin_api import Delta, Finish, Queued
 
 from .fairness import StepCosts
 from .interrupt import ABORTED, StepInterrupt

@@ -11,7 +11,7 @@ multiproc.configure()
 
 from django.urls import path  # noqa: E402
 
-from inference.hookspecs import hookimpl  # noqa: E402
+from inference.plugin_api import hookimpl  # noqa: E402
 
 from . import observe, views, worker_endpoint  # noqa: E402
 

@@ -4,6 +4,8 @@ every worker, on any host, without those processes serving anything."""
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from inference.plugin_api import alive_workers, engine_stats
+
 # engine figure -> (metric suffix, kind, help)
 FIGURES = {
     "running": ("running_sequences", "gauge", "sequences being decoded"),
@@ -34,8 +36,6 @@ class EngineCollector(Collector):
     """One series per live worker and model; a worker whose heartbeat expired drops out."""
 
     def collect(self):
-        from inference.workers import alive_workers, engine_stats
-
         workers = alive_workers()
         devices = {w["id"]: w.get("device", "") for w in workers}
         alive = GaugeMetricFamily("smolsite_workers_alive", "device workers whose heartbeat is current",

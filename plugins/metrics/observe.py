@@ -6,6 +6,8 @@ swallowed: a broken metric never costs anyone an answer.
 import logging
 import threading
 
+from inference.plugin_api import current_worker_id, get_model
+
 from . import instruments as m
 
 logger = logging.getLogger(__name__)
@@ -17,9 +19,6 @@ _running = {}  # request id -> labels, from generation_started to generation_fin
 
 
 def _device(model):
-    from inference.model_configs import get_model
-    from inference.worker_state import current_worker_id
-
     try:
         return get_model(model).device
     except Exception:  # a model made outside settings (tests' own registries): the worker's device

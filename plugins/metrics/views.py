@@ -6,7 +6,7 @@ from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from inference.health import ANONYMOUS, FORBIDDEN, GRANTED, probe_access
+from inference.plugin_api import ANONYMOUS, FORBIDDEN, GRANTED, engine_stats, probe_access
 
 from . import dashboard, exposition
 
@@ -63,8 +63,6 @@ def _total(samples, name, **match):
 @require_GET
 @metrics_access
 def metrics_json(request):
-    from inference.workers import engine_stats
-
     samples = exposition.samples()
     finished = {}
     for s in samples.get("smolsite_generations_finished_total", ()):

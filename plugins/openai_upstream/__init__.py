@@ -10,10 +10,11 @@ Built only on smolsite's hooks, as a third party would write it:
 * ``register_backends``: the backend that streams from the chosen upstream (backend.py);
 * ``register_stream_filters``: upstream ``reasoning_content`` into the Thinking panel (reasoning.py).
 
-Nothing is imported at module level beyond the hook marker: this package is also a Django app
-(its admin model), imported before Django's apps are ready.
+Nothing of its own is imported at module level, only smolsite's public plugin API (which needs no
+models): this package is also a Django app (its admin model), imported before Django's apps are
+ready, and its own modules read models.
 """
-from inference.hookspecs import hookimpl
+from inference.plugin_api import PluginDevice, hookimpl
 
 DEVICE = "upstream"
 
@@ -35,8 +36,6 @@ def register_models():
 @hookimpl
 def register_devices():
     from django.conf import settings
-
-    from inference.workers import PluginDevice
 
     from . import catalog, discovery
 

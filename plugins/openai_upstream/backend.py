@@ -7,8 +7,7 @@ generating). A stream that breaks after some text ends ``interrupted`` with that
 before any text tries another healthy upstream of the model first."""
 import logging
 
-from inference.backends import Backend, Delta, Finish, Queued
-from inference.toolcalls import call_text
+from inference.plugin_api import Backend, Delta, Finish, Queued, toolcalls
 
 from . import breaker, catalog, metrics, reasoning, request_body
 from .balance import get_balancer
@@ -144,7 +143,7 @@ class UpstreamBackend(Backend):
             stream.close()
         breaker.success(upstream.name)
         for call in _ordered(calls):
-            piece = call_text(call["name"], call["arguments"])
+            piece = toolcalls.call_text(call["name"], call["arguments"])
             text.append(piece)
             yield Delta(piece)
         return self._end(upstream, request, FINISH.get(reason or "stop", "stop"), text, thought, calls, usage, count)

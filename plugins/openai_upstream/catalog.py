@@ -7,7 +7,7 @@ import time
 
 from django.conf import settings
 
-from inference.model_configs import ModelConfig
+from inference.plugin_api import ModelConfig
 
 from . import breaker
 from .discovery import read_catalog

@@ -3,7 +3,7 @@ request's own turns go in (each request is built from its own conversation: noth
 user's), and the upstream's key is the admin's, never a user's."""
 import json
 
-from inference import backends
+from inference.plugin_api import GenerationRequest
 
 
 class Unsupported(ValueError):
@@ -30,7 +30,7 @@ def messages(request):
     return out
 
 
-def build(upstream, remote_model, request: backends.GenerationRequest):
+def build(upstream, remote_model, request: GenerationRequest):
     """(path, body) for ``request`` on ``upstream``; raises Unsupported."""
     p = request.params
     body = {"model": remote_model, "stream": True, "stream_options": {"include_usage": True},

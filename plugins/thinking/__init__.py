@@ -4,7 +4,7 @@ the on/off switch in the prompt, and the stream filter that separates reasoning 
 Block it (``SMOLSITE_BLOCKED_PLUGINS=thinking``) and none of this happens: no "thinking"
 feature, prompts rendered with the template's defaults, model output passed through unchanged.
 """
-from inference.hookspecs import hookimpl
+from inference.plugin_api import hookimpl
 
 from .parser import ThinkParser
 from .template import thinking_style, with_flag

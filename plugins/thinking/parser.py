@@ -14,7 +14,7 @@ Rules (``tests/test_thinking_parser.py`` checks them for arbitrary text and chun
 * The two tags are recognised however the text is cut into chunks; at most
   ``len("</think>") - 1`` characters are held back while a tag may be starting.
 """
-from inference.tags import partial_tag
+from inference.plugin_api import partial_tag
 
 OPEN = "<think>"
 CLOSE = "</think>"

@@ -18,7 +18,7 @@ from typing import Optional
 
 from jinja2.exceptions import TemplateError
 
-from inference.prompt import ChatTemplate
+from inference.plugin_api import ChatTemplate
 
 THINK_FLAG = "/think"
 NO_THINK_FLAG = "/no_think"

@@ -1,7 +1,6 @@
 """The built-in tools, a plugin like any other: block it with SMOLSITE_BLOCKED_PLUGINS=tools.
 Each works offline: exact arithmetic, the time where the user is, a search of their own chats."""
-from inference.hookspecs import hookimpl
-from inference.tool_runner import Tool
+from inference.plugin_api import Tool, hookimpl
 
 from . import calculator, chat_search, clock
 

@@ -1,10 +1,6 @@
 """A backend plugin of its own entry point ("hello_backend"): a model configured with
 ``"backend": "hello-shout"`` answers with the last user message shouted back, word by word."""
-import pluggy
-
-from inference.backends import Backend, Delta, Finish
-
-hookimpl = pluggy.HookimplMarker("smolsite")
+from inference.plugin_api import Backend, Delta, Finish, hookimpl
 
 
 class ShoutBackend(Backend):

@@ -1,10 +1,6 @@
 """A tool from a third-party distribution, in an entry point of its own ("hello_tools"), so the
 "hello" plugin's hooks stay what tests/test_plugins.py expects."""
-import pluggy
-
-from inference.tool_runner import Tool
-
-hookimpl = pluggy.HookimplMarker("smolsite")
+from inference.plugin_api import Tool, hookimpl
 
 SCHEMA = {
     "type": "object",
