@@ -20,7 +20,9 @@ from django.conf import settings
 
 from inference import toolcalls
 from inference.backends import GenerationRequest
+from inference.gguf_info import read_gguf_info
 from inference.model_configs import get_model
+from inference.prompt import ChatTemplate
 
 from .errors import ApiError
 
@@ -49,11 +51,10 @@ class _Vocab:
     """A model's tokenizer and chat template, without its weights."""
 
     def __init__(self, path):
+        # llama.cpp's bindings load its native library: only a process that counts a GGUF model's
+        # prompts pays for that (upstream-only sites never do).
         import llama_cpp
         from llama_cpp._internals import LlamaModel
-
-        from inference.gguf_info import read_gguf_info
-        from inference.prompt import ChatTemplate
 
         params = llama_cpp.llama_model_default_params()
         params.vocab_only, params.n_gpu_layers = True, 0

@@ -17,6 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from chat.models import Conversation
 from inference import toolcalls
+from inference.embedded import get_worker
 from inference.model_configs import all_models, get_model, model_features
 from inference.structured import validation_error
 from inference.workers import alive_workers
@@ -91,8 +92,6 @@ def _served(model_name):
     if any(model_name in (w.get("models") or []) for w in alive_workers()):
         return True
     if not settings.REDIS_URL:
-        from inference.embedded import get_worker
-
         # Embedded without a served start-up (tests, scripts): the first job starts the worker.
         return get_worker(get_model(model_name).device, start=False) is None
     return False

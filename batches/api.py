@@ -1,6 +1,7 @@
 """OpenAI's Files and Batches endpoints (the parts a batch needs), with API keys and errors in
 OpenAI's shape: /v1/files and /v1/batches. Everything is the key owner's own: another user's
 file or batch is a 404, as if it did not exist."""
+import asyncio
 import json
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ from api.errors import ApiError, invalid
 from api.auth import authenticate_async
 from api.params import parse_body
 from api.views import api_view
+from inference.publish import remember_server_loop
 
 from . import service, uploads
 from .models import Batch, BatchFile
@@ -185,9 +187,6 @@ def _input_file(data, key):
 async def batches(request):
     key = await authenticate_async(request)
     if request.method == "POST":
-        from inference.publish import remember_server_loop
-        import asyncio
-
         remember_server_loop(asyncio.get_running_loop())  # for the driver thread's enqueues
         data = parse_body(request)
         input_file = await sync_to_async(_input_file)(data, key)

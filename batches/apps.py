@@ -13,7 +13,8 @@ class BatchesConfig(AppConfig):
 
     def ready(self):
         # chat sits below batches (docs/architecture.md, Layers): batches plugs its parts into
-        # chat's retention pass and account deletion rather than chat importing batches.
+        # chat's retention pass and account deletion rather than chat importing batches. In ready():
+        # Django imports this module while it loads the apps, before chat's models may be imported.
         from chat import retention as chat_retention
         from chat.signals import account_closing
 

@@ -6,14 +6,14 @@ import threading
 from django.conf import settings
 from django.db import close_old_connections
 
+from api.response_store import revive_all
+
+from . import service
+
 logger = logging.getLogger(__name__)
 
 
 def start_driver():
-    from api.response_store import revive_all
-
-    from . import service
-
     def loop():
         stop = threading.Event()
         while not stop.wait(settings.SMOLSITE_BATCH_TICK_SECONDS):

@@ -18,17 +18,22 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
+from django_ratelimit.core import get_usage
 
 from api import params
 from api.errors import ApiError
+from api.models import ApiKey
 from api.runner import Choice, create_rows
+from api.views import ChatShape, choice_error
 from chat import generation
 from chat.generation.rows import answer_rows
 from chat.models import Message
-from usage.quotas import QuotaExceeded
+from usage.models import UserQuota
+from usage.quotas import RATE_GROUP, QuotaExceeded, effective_limits, in_flight
 
 from .models import Batch, BatchFile, BatchLine
 from .validation import BatchInvalid, error, validate_jsonl
@@ -150,10 +155,6 @@ def _stop_running(batch):
 def refusal(batch):
     """Why the batch may not run any more (its API key revoked or expired, its owner deactivated),
     or None. Checked at every step: a key is authorised once per request, but a batch runs on."""
-    from django.contrib.auth import get_user_model
-
-    from api.models import ApiKey
-
     if not get_user_model().objects.filter(pk=batch.owner_id, is_active=True).exists():
         return {"code": "user_deactivated", "message": "The batch was stopped: its owner's account was deactivated."}
     if batch.api_key_id and not ApiKey.objects.usable().filter(pk=batch.api_key_id).exists():
@@ -259,11 +260,6 @@ def people_headroom(user_id):
     """How many more lines may start now while leaving the owner room for their own chats: a
     fifth (at least one) of their requests per minute and one of their concurrent answers stay
     free for them (when those limits are set and above one)."""
-    from django_ratelimit.core import get_usage
-
-    from usage.models import UserQuota
-    from usage.quotas import RATE_GROUP, effective_limits, in_flight
-
     limits = effective_limits(UserQuota.objects.filter(user_id=user_id).first())
     room = settings.SMOLSITE_BATCH_IN_FLIGHT
     limit = limits.requests_per_minute
@@ -296,8 +292,6 @@ def _collect(batch):
 
 
 def _finish_line(batch, line, rows):
-    from api.views import ChatShape, choice_error
-
     tokens = sum((r or {}).get("completion_tokens") or 0 for r in rows)
     statuses = {(r or {}).get("status") for r in rows}
     if None in statuses:

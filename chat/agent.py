@@ -17,6 +17,9 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
+from inference.publish import publish_loop
+from inference.structured import SchemaError, tool_call_grammar
+from inference.tool_runner import ToolContext, registered_tools, run_tool, tool_specs
 from usage.quotas import QuotaExceeded, reserve
 
 from .generation import start_from_thread
@@ -33,10 +36,6 @@ class ToolsUnavailable(ValueError):
 
 def available_tools():
     """{name: Tool} of the tools the server has (inference.tool_runner)."""
-    try:
-        from inference.tool_runner import registered_tools
-    except ImportError:  # no tool runner in this build
-        return {}
     return registered_tools()
 
 
@@ -59,9 +58,6 @@ def options_for(conv, round_):
     names = enabled_names(conv)
     if not names:
         return {}
-    from inference.structured import SchemaError, tool_call_grammar
-    from inference.tool_runner import tool_specs
-
     specs = tool_specs(names)
     required = round_ == 0 and conv.tool_choice == "required"
     try:
@@ -89,16 +85,12 @@ def announce_calls(conversation_id, message_id):
 # ---- running calls -------------------------------------------------------------------------
 
 def _context(conv):
-    from inference.tool_runner import ToolContext
-
     return ToolContext(user_id=conv.owner_id, conversation_id=conv.pk, time_zone=conv.time_zone or "UTC")
 
 
 def run_call(call, context):
     """Run one pending call (if it is still pending: another thread or a Stop may have taken it);
     True when this thread ran it."""
-    from inference.tool_runner import run_tool
-
     if not ToolCall.objects.filter(pk=call.pk, status=ToolCall.Status.PENDING).update(
             status=ToolCall.Status.RUNNING, updated_at=timezone.now()):
         return False
@@ -184,8 +176,6 @@ def continue_after(message_id, worker_id=""):
 def enqueue(reply, affinity=""):
     """Queue an answer the loop made, as the consumer queues a new one; a failure ends it as an
     error every tab shows, with Retry."""
-    from inference.publish import publish_loop
-
     # Embedded, on the loop this thread publishes on (a worker's thread, or the web process's).
     if settings.REDIS_URL:
         start_from_thread(reply.pk, reply.model_name, affinity)

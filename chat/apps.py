@@ -7,6 +7,8 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        # In ready(), not at the top: Django imports this module while it loads the apps, before
+        # any model may be imported, and usage.quotas and chat.models define or read models.
         from usage import quotas
 
         from .models import generations_in_flight

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from inference.publish import Publisher
+from inference.publish import Publisher, publish_loop
 from inference.workers import alive_workers, is_alive
 
 from .generation import start_from_thread
@@ -167,8 +167,6 @@ def _requeue_unclaimed(unclaimed_seconds=None):
 
 
 def _enqueue_again(message):
-    from inference.publish import publish_loop
-
     # Embedded, the job's events go out on the web server's loop when there is one (the reaper is
     # a thread; the in-memory layer is not thread-safe). Not queued: it fails at the next pass.
     start_from_thread(message.pk, message.model_name, loop=None if settings.REDIS_URL else publish_loop(), fail=False)

@@ -11,9 +11,12 @@ from importlib import import_module
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth import SESSION_KEY
+
+from inference.publish import publish_loop
 
 from .limits import renew_socket
 from .models import Conversation, conversation_group
@@ -154,10 +157,6 @@ def recheck_sockets(conversation_ids):
     """Tell the open sockets of these chats to re-check now (their chat or their user was deleted),
     from any thread: on the web server's loop when known (the in-memory layer is not thread-safe),
     else on a loop of this process's own (Redis layers)."""
-    from channels.layers import get_channel_layer
-
-    from inference.publish import publish_loop
-
     layer = get_channel_layer()
     ids = list(conversation_ids)
     if layer is None or not ids:

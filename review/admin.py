@@ -10,6 +10,7 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from chat.models import Conversation
 from usage.models import UsageRecord, UserQuota
 
 from . import batches_admin, chat_admin  # noqa: F401  (they register their ModelAdmins)
@@ -74,8 +75,6 @@ class ReviewUserAdmin(TextLookupGuard, UserAdmin):
         # Subqueries, not joins: two aggregated joins would multiply each other's rows.
         tokens = UsageRecord.objects.filter(user=OuterRef("pk")).order_by().values("user") \
             .annotate(total=Sum("total_tokens")).values("total")
-        from chat.models import Conversation
-
         conversations = Conversation.objects.filter(owner=OuterRef("pk")).order_by().values("owner") \
             .annotate(n=Count("id")).values("n")
         return super().get_queryset(request).annotate(

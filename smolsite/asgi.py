@@ -15,6 +15,7 @@ from django.conf import settings  # noqa: E402
 from batches.uploads import UploadCap  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from smolsite.nul_guard import NulCookieGuard  # noqa: E402
+from smolsite.startup import start_services  # noqa: E402
 # The URLconf now, not at the first request: a plugin whose routes collide with the site's
 # refuses the start (smolsite.plugin_routes) instead of every request failing.
 import smolsite.urls  # noqa: E402,F401
@@ -32,6 +33,4 @@ application = ProtocolTypeRouter(
 
 # Tests start workers themselves; a served process starts its reaper (and, embedded, its worker).
 if not hasattr(sys, "_called_from_test"):
-    from smolsite.startup import start_services
-
     start_services()

@@ -5,15 +5,16 @@ import logging
 from django.conf import settings
 from django.db.utils import OperationalError, ProgrammingError
 
+from batches.driver import start_driver
+from chat.reaper import reap_embedded_leftovers, reap_worker, start_reaper
+from chat.retention import start_retention
+from inference.embedded import start_all, stop_all
+
 logger = logging.getLogger(__name__)
 
 
 def start_services():
-    from chat.reaper import reap_embedded_leftovers, reap_worker, start_reaper
-
     if settings.SMOLSITE_EMBEDDED_WORKER and not settings.REDIS_URL:
-        from inference.embedded import start_all, stop_all
-
         try:
             reap_embedded_leftovers()
         except (OperationalError, ProgrammingError):
@@ -24,10 +25,6 @@ def start_services():
     start_reaper()
     if not settings.REDIS_URL:
         # Embedded, the retention pass runs on a timer here; scaled out, Celery beat runs it (make beat).
-        from chat.retention import start_retention
-
         start_retention()
     if settings.SMOLSITE_BATCH_DRIVER:
-        from batches.driver import start_driver
-
         start_driver()

@@ -7,6 +7,9 @@ from django.db.models import Avg, Count, Q, Sum
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
+from chat.models import Message
+from usage.models import UsageRecord
+
 MAX_DAYS = 90
 # The queue-wait chart reads at most this many recent answers (computed per row, in Python).
 QUEUE_ROWS = 20000
@@ -37,9 +40,6 @@ def _queue_wait(row):
 
 
 def figures(days=14, now=None):
-    from chat.models import Message
-    from usage.models import UsageRecord
-
     days = max(1, min(int(days), MAX_DAYS))
     now = now or timezone.now()
     since = now - timedelta(days=days)

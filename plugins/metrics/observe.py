@@ -6,6 +6,9 @@ swallowed: a broken metric never costs anyone an answer.
 import logging
 import threading
 
+from django.utils import timezone
+
+from chat.models import Message
 from inference.plugin_api import current_worker_id, get_model
 
 from . import instruments as m
@@ -29,9 +32,6 @@ def _device(model):
 def _message_facts(request_id):
     """(source, seconds the answer waited in the queue) from its Message row (one query), or
     ("other", None) for a job that is not a chat message."""
-    from chat.models import Message
-    from django.utils import timezone
-
     try:
         row = Message.objects.filter(pk=int(request_id)).values_list("options", "created_at").first()
     except (TypeError, ValueError):

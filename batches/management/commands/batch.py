@@ -10,6 +10,7 @@ answers (they would be re-run, up to SMOLSITE_BATCH_ATTEMPTS times). Scaled out 
 lines go to the Celery device workers, which must be running.
 """
 import json
+import os
 import signal
 import sys
 import time
@@ -22,6 +23,9 @@ from django.core.management.base import BaseCommand, CommandError
 from batches import service
 from batches.models import Batch
 from batches.validation import BatchInvalid, csv_to_jsonl
+from inference.embedded import get_worker
+from inference.model_configs import get_model
+from inference.workers import alive_workers
 
 
 def _with_model(data, model):
@@ -97,19 +101,12 @@ class Command(BaseCommand):
 
     def _ensure_worker(self, batch):
         if settings.REDIS_URL:
-            from inference.workers import alive_workers
-
             names = set(batch.models_used.split(", "))
             served = {m for w in alive_workers() for m in w.get("models") or []}
             if not names <= served:
                 self.stderr.write(f"Warning: no live device worker serves {', '.join(sorted(names - served))}; "
                                   "lines wait until one starts (make worker DEVICE=...).")
             return
-        import os
-
-        from inference.embedded import get_worker
-        from inference.model_configs import get_model
-
         for device in {get_model(name).device for name in batch.models_used.split(", ")}:
             try:
                 pid = int((settings.VAR_DIR / f"worker-{device}.pid").read_text())
