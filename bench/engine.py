@@ -7,7 +7,6 @@ without the web: N people's prompts (bench/concurrency.py's stories, greedy, --m
                shared KV pool, fair turns, chunked prefill, the Python sampling loop); the time
                inside llama_decode is measured apart from the rest of each step (Python: sampling,
                text, queues);
-  engine_streams  the same with SMOLSITE_KV_STREAM_TOKENS=1024 (a KV stream per sequence);
   raw_streams  a minimal batched loop over llama-cpp-python's low-level API in llama-server's
                shape: one KV stream per sequence (kv_unified off, -np N), all prompts in one
                llama_decode, then one greedy token per sequence per step;
@@ -167,19 +166,16 @@ def main():
                          options={"slots": max(args.people)})
     backend = LlamaCppBackend(config)
     backend.load()
-    streams = LlamaCppBackend(ModelConfig(name=MODEL, path=path, n_ctx=SITE_N_CTX, threads=THREADS,
-                                          options={"slots": max(args.people), "kv_stream_tokens": 1024}))
-    streams.load()
     raw_model = LlamaModel(path_model=path, params=llama_cpp.llama_model_default_params(), verbose=False)
     try:
         run_engine(backend, 2, 8)  # warm both
         run_raw(raw_model, 2, 8, unified=False)
         for n in args.people:
-            seen = {"engine": [], "engine_streams": [], "raw_streams": [], "raw_unified": []}
+            seen = {"engine": [], "raw_streams": [], "raw_unified": []}
             for r in range(args.rounds):
                 for way in seen:
-                    if way.startswith("engine"):
-                        out = run_engine(streams if way == "engine_streams" else backend, n, args.max_tokens)
+                    if way == "engine":
+                        out = run_engine(backend, n, args.max_tokens)
                     else:
                         out = run_raw(raw_model, n, args.max_tokens, unified=way == "raw_unified")
                     out["tokens_per_s"] = out["tokens"] / out["seconds"]
@@ -197,14 +193,12 @@ def main():
                 "engine_vs_raw_streams": round(tps["engine"] / tps["raw_streams"], 3),
                 "raw_unified_vs_raw_streams": round(tps["raw_unified"] / tps["raw_streams"], 3),
                 "engine_vs_raw_unified": round(tps["engine"] / tps["raw_unified"], 3),
-                "engine_streams_vs_raw_streams": round(tps["engine_streams"] / tps["raw_streams"], 3),
                 "engine_decode_ms_per_step": round(median("engine", "decode_ms_per_step"), 2),
                 "engine_other_ms_per_step": round(median("engine", "other_ms_per_step"), 2),
                 "engine_steps": median("engine", "steps"),
             }), flush=True)
     finally:
         backend.close()
-        streams.close()
         raw_model.close()
 
 

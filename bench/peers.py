@@ -131,14 +131,13 @@ class Smolsite:
 
     name = "smolsite"
 
-    def __init__(self, gguf, people, threads, workdir, stream_tokens=0):
+    def __init__(self, gguf, people, threads, workdir):
         self.people = people
         self.workdir = Path(workdir) / f"site-{people}-{time.monotonic_ns()}"
         self.workdir.mkdir(parents=True)
         models = {MODEL: {"path": gguf, "n_ctx": SITE_N_CTX, "threads": threads, "device": "cpu"}}
         self.site = LiveServer(self.workdir, models, self.workdir / "site.log", env={
             "SMOLSITE_SLOTS": str(people), "SMOLSITE_API_RATE_PER_MINUTE": "0",
-            "SMOLSITE_KV_STREAM_TOKENS": str(stream_tokens),
             "SMOLSITE_BLOCKED_PLUGINS": ",".join(filter(None, ["hello", *foreign_plugins()])),
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")})
         self.api_keys = []
@@ -277,7 +276,6 @@ def summary(n, lines, texts, args):
     return {
         "scenario": f"peers_{n}_people", "people": n, "max_tokens": args.max_tokens, "rounds": args.rounds,
         "llama_server_np": n, "smolsite_slots": n, "threads": args.threads,
-        "smolsite_kv_stream_tokens": args.site_kv_stream_tokens,
         "llama_server_tokens_per_s": round(peer["tps"], 2), "smolsite_tokens_per_s": round(site["tps"], 2),
         "aggregate_ratio": round(site["tps"] / peer["tps"], 3),
         "llama_server_ttft_median_ms": peer["ttft_median_ms"], "smolsite_ttft_median_ms": site["ttft_median_ms"],
@@ -300,9 +298,6 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=2, help="rounds, alternating which side goes first (default 2)")
     p.add_argument("--threads", type=int, default=THREADS, help="llama.cpp threads on both sides (default 2)")
     p.add_argument("--ctx", type=int, default=1024, help="llama-server's context per slot: -c N*ctx (default 1024)")
-    p.add_argument("--site-kv-stream-tokens", type=int, default=0,
-                   help="smolsite's SMOLSITE_KV_STREAM_TOKENS: 0 (default) one shared KV pool; N a stream of N "
-                        "cells per sequence, llama-server's layout (--ctx gives it 1024 per slot)")
     p.add_argument("--server", help="the llama-server binary (default: tools/llama_server.py's, built if missing)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 4 people, 32 tokens, 1 round")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (server logs, databases)")
@@ -336,7 +331,7 @@ def main():
         texts = {n: {"llama_server": [], "smolsite": []} for n in args.people}
         for r in range(args.rounds):
             for n in args.people:
-                sides = [Peer(binary, gguf, n, args.ctx, args.threads, tmp), Smolsite(gguf, n, args.threads, tmp, args.site_kv_stream_tokens)]
+                sides = [Peer(binary, gguf, n, args.ctx, args.threads, tmp), Smolsite(gguf, n, args.threads, tmp)]
                 for side in sides if r % 2 == 0 else sides[::-1]:
                     log(f"round {r + 1}: {n} at once, {side.name}")
                     line, answers = measure(side, n, args, tokens.count)

@@ -76,13 +76,6 @@ class LlamaCppBackend(Backend):
         self.per_user = _setting(model, "user_concurrency", "SMOLSITE_USER_CONCURRENCY", 4)
         self.state_cache_mb = _setting(model, "state_cache_mb", "SMOLSITE_STATE_CACHE_MB", 512)
         self.resident_cells = _setting(model, "resident_cells", "SMOLSITE_RESIDENT_CELLS", 2048)
-        # 0: one KV pool all sequences share, so one conversation may use all of it. N: each
-        # sequence its own stream of N cells (llama-server's -np layout): a row attends only its
-        # own stream, which 16 people at once decode 16% faster here (bench/engine.py), for
-        # 2 x slots x N cells of memory and conversations of at most N tokens.
-        self.stream_tokens = _setting(model, "kv_stream_tokens", "SMOLSITE_KV_STREAM_TOKENS", 0)
-        if self.stream_tokens:
-            self.kv_tokens = 2 * self.slots * self.stream_tokens
         # llama.cpp's "auto" turns flash attention on where the device supports it.
         self.flash_attn = str(model.options.get("flash_attn", os.environ.get("SMOLSITE_FLASH_ATTN", "auto"))).lower()
 
@@ -119,17 +112,17 @@ class LlamaCppBackend(Backend):
                                   chunk_tokens=self.chunk_tokens,
                                   per_user=self.per_user, capacity=self.kv_tokens,
                                   host_budget=self.state_cache_mb * 1024 * 1024,
-                                  resident_cells=self.resident_cells, streams=bool(self.stream_tokens),
+                                  resident_cells=self.resident_cells,
                                   visible_special=self._visible_special_tokens(), name=self.model.name)
 
     def _context_params(self):
         p = llama_cpp.llama_context_default_params()
         p.n_ctx = self.kv_tokens
         p.n_batch = p.n_ubatch = self.batch_tokens + self.slots
-        # By default several sequences in one KV cache that each may use all of it, so a sequence
-        # id is only a tag and one long conversation is not limited to n_ctx / slots.
+        # Several sequences in one KV cache that each may use all of it, so a sequence id is
+        # only a tag and one long conversation is not limited to n_ctx / slots.
         p.n_seq_max = self.slots * 2  # half running, half keeping finished conversations resident
-        p.kv_unified = not self.stream_tokens
+        p.kv_unified = True
         p.n_threads = p.n_threads_batch = self.model.threads
         p.flash_attn_type = {"on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED, "1": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
                              "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
@@ -174,7 +167,7 @@ class LlamaCppBackend(Backend):
     @property
     def context_size(self):
         """The longest prompt plus answer one conversation may have."""
-        return min(self.model.n_ctx, self.stream_tokens or self.kv_tokens)
+        return min(self.model.n_ctx, self.kv_tokens)
 
     def render_prompt(self, request):
         native = toolcalls.template_knows_tools(self.template.source)

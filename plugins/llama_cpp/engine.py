@@ -78,7 +78,7 @@ def kv_share_of(model):
 
 class BatchEngine:
     def __init__(self, model, ctx, *, slots, batch_tokens, per_user, capacity, host_budget,
-                 chunk_tokens=None, resident_cells=None, streams=False, visible_special=(), name="engine"):
+                 chunk_tokens=None, resident_cells=None, visible_special=(), name="engine"):
         self.model = model  # llama_cpp._internals.LlamaModel (tokenizer and vocab)
         self.ctx = ctx  # a raw llama_context pointer owned by this engine's thread
         self.vocab = model.vocab
@@ -89,7 +89,7 @@ class BatchEngine:
         self.chunk_tokens = min(chunk_tokens or batch_tokens, batch_tokens)
         self.visible_special = set(visible_special)
         self.table = SequenceTable(ctx, n_seq=slots * 2, capacity=capacity, host_budget=host_budget,
-                                   resident_budget=resident_cells, streams=streams)
+                               resident_budget=resident_cells)
         self.scheduler = Scheduler(per_user=per_user)
         self.active = []
         self.llama_batch = llama_cpp.llama_batch_init(batch_tokens + slots, 0, 1)

@@ -72,18 +72,14 @@ class HostTier:
 
 
 class SequenceTable:
-    def __init__(self, ctx, n_seq, capacity, host_budget, resident_budget=None, streams=False):
+    def __init__(self, ctx, n_seq, capacity, host_budget, resident_budget=None):
         self.ctx = ctx
         self.mem = llama_cpp.llama_get_memory(ctx)
         self.seqs = [KvSequence(i) for i in range(n_seq)]
-        # One stream of cells per sequence (kv_unified off): an idle sequence costs no one else's
-        # attention and needs no room made for it; copying across streams is not a tag, so no
-        # sharing of the template's opening.
-        self.streams = streams
-        self.capacity = capacity  # KV cells shared by all sequences (unified KV cache), or in all streams
+        self.capacity = capacity  # KV cells shared by all sequences (unified KV cache)
         self.host = HostTier(host_budget)
         # Idle sequences' cells kept in the KV cache while others decode (None: no limit).
-        self.resident_budget = None if streams else resident_budget
+        self.resident_budget = resident_budget
         self.hits = self.misses = self.host_hits = self.shared_hits = 0
         self.forgotten = set()  # owners whose accounts are deleted
 
@@ -124,7 +120,7 @@ class SequenceTable:
         """Copy the longest user-independent prefix any sequence holds (a tag, not a copy, in a
         unified KV cache). Returns how many tokens the sequence now holds."""
         donors = [s for s in self.seqs if s is not seq and s.tokens]
-        if public < MIN_SHARED or not donors or self.streams:
+        if public < MIN_SHARED or not donors:
             return 0
         n, donor = max(((common_prefix(s.tokens, prompt[:public]), s) for s in donors), key=lambda pair: pair[0])
         if n < MIN_SHARED:
@@ -164,10 +160,7 @@ class SequenceTable:
 
     def make_room(self, cells):
         """Evict idle sequences (to the host tier), least recently used first, until ``cells``
-        more fit; False when even that is not enough. With a stream per sequence, each has its
-        own (a conversation's length is capped at its stream's size before it gets here)."""
-        if self.streams:
-            return True
+        more fit; False when even that is not enough."""
         for seq in sorted((s for s in self.seqs if not s.busy and s.tokens), key=lambda s: s.used_at):
             if self.cells_used() + cells <= self.capacity:
                 break
