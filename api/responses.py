@@ -24,7 +24,8 @@ from .auth import authenticate_async
 from .errors import ApiError, invalid
 from .response_shape import EventStream, response_object
 from .runner import Run, stop_messages
-from .views import Authority, _quota_error, _served, api_view, choice_error, sse_comment, sse_response, stream_items
+from .views import (Authority, _quota_error, _served, api_view, choice_error, sse_comment, sse_response, stream_items,
+                    until_admitted)
 
 CANCEL_WAIT_SECONDS = 10  # a cancelled answer's worker ends it at its next step
 
@@ -85,13 +86,7 @@ async def create(request):
                 await _discard_refused(req, mid, problem)
                 raise rp.renamed(problem, [], 0)
             return JsonResponse(await _object_of(mid, req.meta))
-        # The status line waits until the engine has the request (its prompt fitted the context)
-        # or the first token, so a prompt longer than the context is a plain 400, as in chat.
-        early = []
-        async for item in updates:
-            early.append(item)
-            if item[0] in ("text", "reasoning", "tool", "queue"):
-                break
+        early = await until_admitted(updates)
         if run.finished:
             problem = choice_error(plan, run.choices[0])
             if problem and run.choices[0].row["status"] in ("error", "interrupted"):
@@ -167,9 +162,7 @@ async def _events(req, run, early, updates, authority):
 async def response(request, rid):
     key = await authenticate_async(request)
     if request.method == "DELETE":
-        found = await sync_to_async(store.load)(key.user_id, rid)
-        if found is None:
-            raise rp.not_found(rid)
+        found = await _owned(key, rid)
         if found["status"] in Message.ACTIVE:
             await stop_messages([found["id"]])
         await sync_to_async(store.delete)(found["id"])
@@ -177,20 +170,24 @@ async def response(request, rid):
     if request.GET.get("stream") in ("true", "1"):
         raise invalid("Streaming a stored response again is not supported by this server: GET it without "
                       "'stream'.", "stream", "unsupported_parameter")
-    found = await sync_to_async(store.load)(key.user_id, rid)
-    if found is None:
-        raise rp.not_found(rid)
+    found = await _owned(key, rid)
     if found["status"] == Message.Status.INTERRUPTED and await sync_to_async(store.revive)(found["id"]):
         found = await sync_to_async(store.row)(found["id"])
     return JsonResponse(await sync_to_async(_object, thread_sensitive=False)(found))
 
 
-@api_view("POST")
-async def cancel(request, rid):
-    key = await authenticate_async(request)
+async def _owned(key, rid):
+    """The key's user's stored response ``rid``; anyone else's is a 404, as a missing one."""
     found = await sync_to_async(store.load)(key.user_id, rid)
     if found is None:
         raise rp.not_found(rid)
+    return found
+
+
+@api_view("POST")
+async def cancel(request, rid):
+    key = await authenticate_async(request)
+    found = await _owned(key, rid)
     if not GenerationOptions.from_dict(found["options"]).response.get("background"):
         raise invalid("Only responses created with 'background': true can be cancelled.", None,
                       "not_background")
@@ -206,9 +203,7 @@ async def cancel(request, rid):
 @api_view("GET")
 async def input_items(request, rid):
     key = await authenticate_async(request)
-    found = await sync_to_async(store.load)(key.user_id, rid)
-    if found is None:
-        raise rp.not_found(rid)
+    found = await _owned(key, rid)
     limit = request.GET.get("limit", "20")
     if not limit.isdigit() or not 1 <= int(limit) <= 100:
         raise invalid("'limit' must be an integer from 1 to 100.", "limit")

@@ -231,13 +231,7 @@ async def _serve(request, parse, shape):
                     await _discard_refused(run, problem)
                     raise problem
             return JsonResponse(shape.complete(plan, run))
-        # Streaming: the status line waits until the engine has the request (its prompt fitted the
-        # context) or the first token, so a prompt longer than the context is a plain 400.
-        early = []
-        async for item in updates:
-            early.append(item)
-            if item[0] in ("text", "reasoning", "tool", "queue"):
-                break
+        early = await until_admitted(updates)
         if run.finished:
             for choice in run.choices:
                 problem = choice_error(plan, choice)
@@ -262,6 +256,18 @@ async def _discard_refused(run, problem):
 
 def _data(payload):
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+
+async def until_admitted(updates):
+    """The updates a streaming answer reads before its status line: it waits until the engine has
+    the request (its prompt fitted the context: a queue place) or the first token, so a prompt
+    longer than the context is a plain 400, as in chat."""
+    early = []
+    async for item in updates:
+        early.append(item)
+        if item[0] in ("text", "reasoning", "tool", "queue"):
+            break
+    return early
 
 
 async def stream_items(early, updates):
