@@ -79,8 +79,9 @@ test-sqlite:
 	$(VENV)/bin/pytest -p no:cacheprovider -m "not redis"
 	REDIS_URL=$(REDIS_TEST_URL) $(VENV)/bin/pytest -p no:cacheprovider -m redis
 
+# nodb tests (engine, parsers, build checks) never touch a database: the SQLite run has run them.
 test-postgres:
-	DATABASE_URL=$(PG_TEST_URL) $(VENV)/bin/pytest -p no:cacheprovider -m "not browser and not redis"
+	DATABASE_URL=$(PG_TEST_URL) $(VENV)/bin/pytest -p no:cacheprovider -m "not browser and not redis and not nodb"
 	DATABASE_URL=$(PG_TEST_URL) REDIS_URL=$(REDIS_TEST_URL) $(VENV)/bin/pytest -p no:cacheprovider -m redis
 
 test-redis:

@@ -69,3 +69,21 @@ def _clear_cache():
 
     cache.clear()
     yield
+
+
+# What pytest-django gives a test the database through; a nodb test may ask for none of them.
+DATABASE_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback",
+                     "django_db_setup", "live_server", "client", "async_client", "admin_client", "admin_user",
+                     "django_user_model", "django_username_field"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The PostgreSQL run skips nodb tests: one that does use the database would then never run on
+    PostgreSQL, so a nodb mark on such a test is a mistake to stop at once. (pytest-django already
+    fails any in-process query of a test without the database; a served site started by the test
+    is what this cannot see, so such modules are never marked nodb.)"""
+    wrong = [item.nodeid for item in items if item.get_closest_marker("nodb") is not None
+             and (item.get_closest_marker("django_db") is not None
+                  or DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())))]
+    if wrong:
+        raise pytest.UsageError("marked nodb but using the database: " + ", ".join(wrong))

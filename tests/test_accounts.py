@@ -3,6 +3,8 @@ and bookmarks use."""
 import pytest
 from django.urls import resolve, reverse
 
+pytestmark = pytest.mark.nodb
+
 PAGES = [
     ("login", (), "/accounts/login/", "accounts.signin"),
     ("logout", (), "/accounts/logout/", "django.contrib.auth.views"),

@@ -196,6 +196,31 @@ def test_same_seed_same_text(server):
     assert first == second and first
 
 
+
+def test_with_a_seed_choice_i_of_n_uses_seed_plus_i(server):
+    client = client_for(server)
+    kwargs = dict(model=SMOL, messages=ask("Invent a name for a dog."), max_tokens=8, temperature=1.0)
+    together = client.chat.completions.create(n=2, seed=40, **kwargs)
+    alone = [client.chat.completions.create(seed=40 + i, **kwargs).choices[0].message.content for i in range(2)]
+    assert alone[0] != alone[1]  # else choice 1 could use seed 40 as well and pass
+    assert [c.message.content for c in together.choices] == alone
+
+
+def test_max_tokens_beyond_the_context_is_cut_to_fit_and_the_answer_ends_with_length(server, default_model_path):
+    from llama_cpp import Llama
+
+    n_ctx = 2048  # the server's smollm2-135m
+    vocab = Llama(model_path=default_model_path, vocab_only=True, verbose=False)
+    # A count the model carries on with (it does not stop by itself), leaving the least room a prompt
+    # must leave for an answer this long (a quarter of the context) and a little more.
+    prompt, upto = "", 0
+    while len(vocab.tokenize(prompt.encode(), add_bos=False)) < n_ctx * 3 // 4 - 24:
+        upto += 1
+        prompt += f"{upto}, "
+    done = client_for(server).completions.create(model=SMOL, prompt=prompt, max_tokens=1000, temperature=0)
+    assert done.choices[0].finish_reason == "length"
+    assert done.usage.completion_tokens < 1000 and done.usage.prompt_tokens + done.usage.completion_tokens == n_ctx
+
 # ---- structured output ----------------------------------------------------------------------------
 
 SCHEMAS = {

@@ -2,6 +2,8 @@
 llama.cpp accepts them), which are refused with the reason, and the check answers go through."""
 import pytest
 
+pytestmark = pytest.mark.nodb
+
 
 ENFORCEABLE = [
     {"type": "object", "properties": {"when": {"type": "string", "format": "date-time"},

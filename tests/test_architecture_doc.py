@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.nodb
+
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "architecture.md"
 APPS = ("smolsite", "chat", "api", "batches", "review", "usage", "inference", "plugins", "accounts")

@@ -9,6 +9,8 @@ from inference.plugins import build_plugin_manager, get_plugins
 from inference.registry import ModelRegistry
 from inference.testing import make_request, run_request
 
+pytestmark = pytest.mark.nodb
+
 
 @pytest.fixture
 def shouter(settings):

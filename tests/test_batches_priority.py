@@ -26,7 +26,7 @@ import pytest
 from inference.backends import Finish, GenerationRequest, SamplingParams
 from plugins.llama_cpp.engine import Job
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.nodb]
 
 SLOTS = 4
 LINES = 200

@@ -7,6 +7,8 @@ from functools import partial
 import pytest
 from django.core.management import CommandError, call_command
 
+pytestmark = pytest.mark.nodb
+
 
 @pytest.fixture
 def http_root(tmp_path):

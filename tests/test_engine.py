@@ -12,7 +12,7 @@ from inference.backends import Delta, Finish, GenerationRequest, Queued, Samplin
 from plugins.llama_cpp.kv import common_prefix
 from plugins.llama_cpp.sampling import Sampler
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.nodb]
 
 PROMPTS = ["Name three colours.", "What is 2+2?", "Write a haiku about rain.", "Say hello in French.",
            "List two fruits.", "What is the capital of France?", "Tell me a joke.", "Count to five."]
@@ -405,35 +405,6 @@ def test_two_users_share_the_device_fairly_and_see_their_place_in_line(bundled_r
     assert seen[0] == 4 and seen[-1] == 0 and queued["bob"][0] == 1
     after_bob = seen[seen.index(max(seen)):]  # bob's arrival put one more ahead of alice4
     assert after_bob == sorted(after_bob, reverse=True)
-
-
-@pytest.mark.django_db
-def test_metrics_show_the_engines_of_live_workers(loaded_registry, admin_client):
-    from inference.workers import EngineReporter, Heartbeat
-
-    beat = Heartbeat("cpu@test:1", "cpu", loaded_registry.loaded_models).start()
-    reporter = EngineReporter("cpu@test:1", loaded_registry.stats).start()
-    try:
-        for _ in range(100):
-            body = admin_client.get("/metrics").content.decode()
-            if "smolsite_engine_slots" in body and 'worker="cpu@test:1"' in body:
-                break
-            threading.Event().wait(0.05)
-        slots = loaded_registry.backend("smollm2-135m").slots
-        from test_metrics import parse
-
-        samples, types = parse(body)
-        labels = frozenset({"worker": "cpu@test:1", "device": "cpu", "model": "smollm2-135m"}.items())
-        assert samples[("smolsite_engine_slots", labels)] == slots
-        assert samples[("smolsite_engine_kv_usage_ratio", labels)] == 0
-        assert types["smolsite_engine_prefix_hits"] == "counter"
-        assert types["smolsite_engine_preemptions"] == "counter"
-        assert samples[("smolsite_engine_preemptions_total", labels)] == 0
-        engines = admin_client.get("/metrics.json").json()["engines"]
-        assert engines["cpu@test:1"]["smollm2-135m"]["running"] == 0
-    finally:
-        reporter.stop()
-        beat.stop()
 
 
 def test_background_work_yields_its_slot_to_a_person_and_resumes_intact(bundled_registry):

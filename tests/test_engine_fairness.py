@@ -9,7 +9,7 @@ import llama_cpp
 import pytest
 from test_batches_priority import finish_of, job_for
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.nodb]
 
 STORY = "Tell me a long story about a dragon who learns to bake bread."
 

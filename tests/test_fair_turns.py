@@ -4,8 +4,12 @@ filtering, attention over a long context) decodes only every few steps while ano
 streams, and at full speed alone."""
 from types import SimpleNamespace
 
+import pytest
+
 from plugins.llama_cpp.fairness import ROW_SHARE, StepCosts, decode_jobs
 from plugins.llama_cpp.step_plan import JobState, plan_step
+
+pytestmark = pytest.mark.nodb
 
 STEP = 0.010  # the streams' measured step time (seconds)
 KV_SHARE = 0.0002  # one context token's attention, as a share of a step (SmolLM2-135M: 0.00024)

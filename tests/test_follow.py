@@ -8,7 +8,7 @@ import pytest
 from chat.generation import follow
 from chat.generation.follow import Follower
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.nodb]
 
 
 class Recorder(Follower):

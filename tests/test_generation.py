@@ -31,6 +31,7 @@ def cold_cache(loaded_registry):
     assert loaded_registry.backend("smollm2-135m").engine.forget_cached()
 
 
+@pytest.mark.nodb
 def test_service_matches_raw_llama_cpp_greedy(loaded_registry, raw_reference, cold_cache):
     text, usage = raw_reference
     result, events = run_request(loaded_registry, make_request("smollm2-135m", QUESTION, max_tokens=MAX))
@@ -49,12 +50,14 @@ def test_service_matches_raw_llama_cpp_greedy(loaded_registry, raw_reference, co
     assert "cached_tokens" not in events[-1]["stats"]
 
 
+@pytest.mark.nodb
 def test_special_tokens_never_reach_the_text(loaded_registry):
     result, _ = run_request(loaded_registry, make_request("smollm2-135m", "Say hi.", max_tokens=200))
     assert result.finish_reason == "stop"  # ended on <|im_end|>, which is not in the text
     assert "<|im_end|>" not in result.text and "<|im_start|>" not in result.text
 
 
+@pytest.mark.nodb
 def test_sampling_parameters_are_honoured(loaded_registry):
     def run(**params):
         return run_request(loaded_registry, make_request("smollm2-135m", QUESTION, **params))[0]
@@ -72,6 +75,7 @@ def test_sampling_parameters_are_honoured(loaded_registry):
     assert cut.text == full[: full.index(word)] and cut.finish_reason == "stop"
 
 
+@pytest.mark.nodb
 def test_stop_before_first_token(loaded_registry):
     request = make_request("smollm2-135m", QUESTION, request_id="early", max_tokens=MAX)
     request_stop("early")
@@ -81,6 +85,7 @@ def test_stop_before_first_token(loaded_registry):
     assert events[-1] == {**events[-1], "kind": "done", "status": "stopped"}
 
 
+@pytest.mark.nodb
 def test_the_first_text_goes_out_at_once_after_the_place_in_line_notice(loaded_registry):
     # The engine tells every job its place in line as it arrives. That flush must not hold the
     # first token back for a flush interval (it did: 35-50 ms on every answer's first token).
@@ -108,6 +113,7 @@ def test_the_first_text_goes_out_at_once_after_the_place_in_line_notice(loaded_r
     assert kinds[4:6] == ["text", "|"] and len(texts) == 2 and texts[0] != result.text
 
 
+@pytest.mark.nodb
 def test_stop_mid_stream_keeps_partial_text(loaded_registry):
     full = run_request(loaded_registry, make_request("smollm2-135m", QUESTION, max_tokens=200))[0]
 
@@ -128,6 +134,7 @@ def test_stop_mid_stream_keeps_partial_text(loaded_registry):
     assert store.results["mid"].text == result.text
 
 
+@pytest.mark.nodb
 def test_context_overflow_drops_oldest_turns(bundled_registry):
     small_context_registry = bundled_registry("small-ctx", n_ctx=1024)
     filler = "lorem ipsum dolor sit amet " * 15  # ~100 tokens a turn
@@ -144,6 +151,7 @@ def test_context_overflow_drops_oldest_turns(bundled_registry):
     assert any(e["kind"] == "notice" and e["dropped_turns"] == result.dropped_turns for e in events)
 
 
+@pytest.mark.nodb
 def test_prompt_that_cannot_fit_is_a_clear_error(loaded_registry):
     result, _ = run_request(loaded_registry, make_request("smollm2-135m", "word " * 9000, max_tokens=16))
     assert result.status == "error"
@@ -205,6 +213,7 @@ def test_a_plugin_failing_at_the_start_still_ends_the_message_as_an_error(loaded
     assert events[-1]["kind"] == "done" and events[-1]["status"] == "error"
 
 
+@pytest.mark.nodb
 def test_trimming_a_long_history_renders_a_logarithmic_number_of_times():
     """A 2,000-turn history that overflows the context is trimmed with ~log2(turns) renders (one per
     dropped turn used to hold a worker for minutes)."""
@@ -237,6 +246,7 @@ def test_trimming_a_long_history_renders_a_logarithmic_number_of_times():
     assert CountingBackend().count_tokens(" ".join(m["content"] for m in longer)) + 100 > 1000
 
 
+@pytest.mark.nodb
 def test_final_save_is_retried_and_done_goes_out_only_once_saved(loaded_registry, monkeypatch):
     from inference import service as service_module
 

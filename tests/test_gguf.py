@@ -9,6 +9,8 @@ from inference.gguf_info import GGUFError, read_gguf_info
 from inference.model_configs import ModelConfig
 from plugins.llama_cpp.backend import LlamaCppBackend
 
+pytestmark = pytest.mark.nodb
+
 
 def load(path):
     LlamaCppBackend(ModelConfig(name="m", path=str(path))).load()

@@ -8,7 +8,7 @@ import pytest
 
 from inference.backends import Delta, Finish, GenerationRequest, SamplingParams
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.nodb]
 
 SCHEMA = {"type": "object", "properties": {
     "colour": {"type": "string", "enum": ["red", "green", "grey", "blue", "black"]},

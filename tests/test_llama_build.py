@@ -9,6 +9,12 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
+from inference.backends import BackendError
+from inference.models import ModelConfig
+from plugins.llama_cpp.backend import LlamaCppBackend
+
+pytestmark = pytest.mark.nodb
+
 DECODE_IN_A_THREAD = r"""
 import sys, threading
 from llama_cpp import Llama
@@ -52,3 +58,14 @@ def test_the_installed_cpu_library_has_no_amx_instructions():
             assert f"\t{instruction}" not in listing and f" {instruction} " not in listing, \
                 f"{lib.name} contains the AMX instruction {instruction}"
     assert "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode(errors="replace")
+
+
+def test_the_backend_refuses_to_load_on_a_build_with_amx_kernels(monkeypatch, default_model_path):
+    # This machine's build has no AMX (above), so the report an AMX build gives is what is put in its
+    # place: the line llama.cpp prints for it, added to this build's own.
+    report = llama_cpp.llama_print_system_info()
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: report + b"AMX_INT8 = 1 | ")
+    backend = LlamaCppBackend(ModelConfig(name="m", path=default_model_path))
+    with pytest.raises(BackendError, match="compiled with AMX kernels.*`make install`"):
+        backend.load()
+    assert getattr(backend, "llm_model", None) is None  # refused before llama.cpp held the model

@@ -4,9 +4,13 @@ key when CMAKE_ARGS changes. Nothing is built or downloaded here."""
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import llama_cpp_wheel  # noqa: E402
 import llama_server  # noqa: E402
+
+pytestmark = pytest.mark.nodb
 
 
 def test_the_server_is_keyed_like_the_wheel(monkeypatch, tmp_path):

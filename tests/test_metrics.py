@@ -4,6 +4,7 @@ device worker of inference.embedded generates with the real SmolLM2-135M), who m
 /metrics.json, /readyz's detail and the dashboard, the dashboard's figures, and blocking the plugin."""
 import asyncio
 import importlib
+import threading
 from datetime import timedelta
 
 import pytest
@@ -342,3 +343,31 @@ def _scrape_files():
     from plugins.metrics import exposition
 
     return parse(generate_latest(exposition.registry(engines=False)).decode())[0]
+
+
+@pytest.mark.model
+@pytest.mark.django_db
+def test_metrics_show_the_engines_of_live_workers(loaded_registry, admin_client):
+    from inference.workers import EngineReporter, Heartbeat
+
+    beat = Heartbeat("cpu@test:1", "cpu", loaded_registry.loaded_models).start()
+    reporter = EngineReporter("cpu@test:1", loaded_registry.stats).start()
+    try:
+        for _ in range(100):
+            body = admin_client.get("/metrics").content.decode()
+            if "smolsite_engine_slots" in body and 'worker="cpu@test:1"' in body:
+                break
+            threading.Event().wait(0.05)
+        slots = loaded_registry.backend("smollm2-135m").slots
+        samples, types = parse(body)
+        labels = frozenset({"worker": "cpu@test:1", "device": "cpu", "model": "smollm2-135m"}.items())
+        assert samples[("smolsite_engine_slots", labels)] == slots
+        assert samples[("smolsite_engine_kv_usage_ratio", labels)] == 0
+        assert types["smolsite_engine_prefix_hits"] == "counter"
+        assert types["smolsite_engine_preemptions"] == "counter"
+        assert samples[("smolsite_engine_preemptions_total", labels)] == 0
+        engines = admin_client.get("/metrics.json").json()["engines"]
+        assert engines["cpu@test:1"]["smollm2-135m"]["running"] == 0
+    finally:
+        reporter.stop()
+        beat.stop()

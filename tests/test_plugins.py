@@ -9,6 +9,8 @@ from django.core.management import call_command
 from inference import hookspecs
 from inference.plugins import build_plugin_manager, get_plugins
 
+pytestmark = pytest.mark.nodb
+
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith(("register_", "choose_", "model_", "prepare_",
                                                                       "generation_", "request_")))

@@ -1,6 +1,10 @@
 """Through the generation service: a conversation's KV state survives other conversations using
 the model in between, and the reused state gives the answer a cold model gives."""
+import pytest
+
 from inference.testing import make_request, run_request
+
+pytestmark = pytest.mark.nodb
 
 FACTS = " ".join(f"Fact {i}: {i} squared is {i * i}." for i in range(40))
 

@@ -11,6 +11,8 @@ from channels.layers import InMemoryChannelLayer
 from inference import publish
 from inference.publish import Publisher
 
+pytestmark = pytest.mark.nodb
+
 
 @pytest.fixture(autouse=True)
 def own_count(monkeypatch):

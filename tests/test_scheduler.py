@@ -1,5 +1,9 @@
 """The engine's admission order (plugins/llama_cpp/scheduler.py), without a model."""
+import pytest
+
 from plugins.llama_cpp.scheduler import Scheduler
+
+pytestmark = pytest.mark.nodb
 
 
 def drain(s, n):

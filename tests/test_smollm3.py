@@ -12,6 +12,8 @@ from inference.model_configs import ModelConfig, model_features, model_info
 from inference.testing import run_service
 from smollm3_tiny import N_LAYER, smollm3_template, write_tiny_smollm3
 
+pytestmark = pytest.mark.nodb
+
 FIXED_DATE = {"strftime_now": lambda fmt: "01 January 2025"}  # renders compared within a test
 EMPTY_THINK = "<think>\n\n</think>\n"
 

@@ -15,10 +15,13 @@ The invariant, for any completion ``s`` and any way of cutting it into chunks:
 """
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugins.thinking.parser import CLOSE, OPEN, ThinkParser
+
+pytestmark = pytest.mark.nodb
 
 
 def split_reference(s):

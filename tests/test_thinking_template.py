@@ -12,6 +12,8 @@ from inference.prompt import CHATML_TEMPLATE, ChatTemplate
 from plugins.thinking.template import ThinkingStyle, strip_flags, thinking_style
 from smollm3_tiny import smollm3_template
 
+pytestmark = pytest.mark.nodb
+
 FIXED_DATE = {"strftime_now": lambda fmt: "01 January 2025"}
 EMPTY_THINK = "<think>\n\n</think>\n"
 SMOLLM3 = smollm3_template()

@@ -12,7 +12,7 @@ from api import tools as api_tools
 from inference import toolcalls
 from inference.backends import Delta, Finish, GenerationRequest, SamplingParams
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.nodb]
 
 WEATHER = {"name": "get_weather", "description": "The current weather in a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},

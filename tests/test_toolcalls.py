@@ -5,12 +5,15 @@ the prompts: SmolLM3's template gets the tools as JSON, any other template the g
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inference import toolcalls
 from inference.backends import GenerationRequest
 from inference.prompt import ChatTemplate
+
+pytestmark = pytest.mark.nodb
 
 SMOLLM3_TEMPLATE = (Path(__file__).parent / "data" / "smollm3_chat_template.jinja").read_text()
 CALL_A = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "P}a\\"ris", "n": [1, {"a": 2}]}}\n</tool_call>'

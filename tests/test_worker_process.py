@@ -6,14 +6,18 @@ default embedded mode, its worker process holding SmolLM2-135M."""
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
 import urllib.request
 
 import pytest
 from browser_support import ARTIFACTS, REPO
-from live_stack import LiveServer, open_socket, saved_partial_text, send, until_final
+from live_stack import LiveServer, open_socket, saved_partial_text, send, until_final, wait_for
 
 pytestmark = [
     pytest.mark.model,
@@ -55,6 +59,15 @@ def server(tmp_path_factory, default_model_path):
                       ).start()
     yield live
     live.stop()
+
+
+API_KEY = """
+from django.contrib.auth import get_user_model
+from api.models import ApiKey
+
+user = get_user_model().objects.create_user({name!r}, password="pw-123456789")
+print(ApiKey.create_for(user, "key")[1])
+"""
 
 
 def make_person(server, name):
@@ -142,3 +155,116 @@ def test_stop_reaches_the_worker_process(server):
     row = server.message(reply)
     assert row["status"] == "stopped" and row["content"].strip(), row
     assert row["completion_tokens"] < 2000
+
+
+# ---- the API when the worker dies under an answer ------------------------------------------------
+
+def make_api_key(server, name):
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", API_KEY.format(name=name)], cwd=REPO,
+                         env=server.env, check=True, capture_output=True, text=True, timeout=120).stdout
+    return out.strip().splitlines()[-1]
+
+
+def wait_ready(server):
+    """Until a worker process holds the model again (an earlier test may have killed the last one):
+    the API answers 503 model_not_available meanwhile."""
+    wait_for(lambda: http_status_or_none(server.url + "/readyz") == 200, DEADLINE, "a ready worker process")
+
+
+def api_request(server, key, **fields):
+    body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": STORY}], "max_tokens": 2000,
+            "temperature": 0, **fields}
+    return urllib.request.Request(server.url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                  headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+
+
+def answer_of(server, username):
+    """The API answer row of ``username``'s only request, once the worker has saved some of its text."""
+    rows = server.query("SELECT m.* FROM chat_message m JOIN chat_conversation c ON m.conversation_id = c.id "
+                        "JOIN auth_user u ON c.owner_id = u.id WHERE u.username = ? AND m.role = 'assistant'",
+                        username)
+    return rows[0] if rows and rows[0]["content"] else None
+
+
+def test_a_worker_dying_under_a_whole_api_answer_is_a_503_worker_lost(server):
+    key = make_api_key(server, "api-whole")
+    wait_ready(server)
+    reply = {}
+
+    def whole_answer():
+        try:
+            with urllib.request.urlopen(api_request(server, key), timeout=DEADLINE) as response:
+                reply.update(status=response.status, body=json.loads(response.read()))
+        except urllib.error.HTTPError as exc:
+            reply.update(status=exc.code, retry_after=exc.headers["Retry-After"], body=json.loads(exc.read()))
+
+    waiting = threading.Thread(target=whole_answer)
+    waiting.start()
+    row = wait_for(lambda: answer_of(server, "api-whole"), DEADLINE, "the answer's first saved text")
+    os.kill(server.worker_pid(), signal.SIGKILL)
+    waiting.join(DEADLINE)
+    assert reply["status"] == 503, reply
+    assert reply["body"]["error"]["code"] == "worker_lost" and reply["retry_after"], reply
+    assert "killed by SIGKILL" in reply["body"]["error"]["message"], reply
+    assert server.message(row["id"])["status"] == "interrupted"
+
+
+def test_a_worker_dying_under_a_streamed_api_answer_ends_the_stream_with_an_error_event(server):
+    key = make_api_key(server, "api-stream")
+    wait_ready(server)
+    events, killed = [], None
+    with urllib.request.urlopen(api_request(server, key, stream=True), timeout=DEADLINE) as response:
+        for line in response:
+            line = line.decode().strip()
+            if not line.startswith("data: "):
+                continue  # blank separators and ": ..." comments
+            events.append(line[6:])
+            if killed is None and '"content": "' in line and answer_of(server, "api-stream"):
+                killed = server.worker_pid()
+                os.kill(killed, signal.SIGKILL)
+    assert killed
+    error = json.loads(events[-1])["error"]  # OpenAI's error shape, inside the stream, and the end of it
+    assert error["code"] == "worker_lost" and "killed by SIGKILL" in error["message"], error
+    assert "[DONE]" not in events
+    streamed = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+    row = server.message(int(json.loads(events[0])["id"].rsplit("-", 1)[1]))
+    assert row["status"] == "interrupted" and streamed and row["content"].startswith(streamed), row
+
+
+# ---- the supervisor backs off a worker that keeps dying young ----------------------------------------
+
+def test_a_worker_process_that_keeps_dying_young_is_restarted_later_each_time(tmp_path, default_model_path):
+    models = {"smollm2-135m": {"path": default_model_path, "n_ctx": 512, "threads": 2, "device": "cpu"}}
+    live = LiveServer(tmp_path, models, tmp_path / "server.log", env={"SMOLSITE_WORKER_MODE": "process"}).start()
+    try:
+        killed, waited = [], []
+        for _ in range(3):
+            pid = wait_for(lambda: next_pid(live, killed), DEADLINE, "the next worker process")
+            if killed:
+                waited.append(time.monotonic() - died)
+            os.kill(pid, signal.SIGKILL)
+            died = time.monotonic()
+            killed.append(pid)
+        wait_for(lambda: next_pid(live, killed), DEADLINE, "the fourth worker process")
+        waited.append(time.monotonic() - died)
+        log = live.log_path.read_text()
+        delays = [int(re.search(rf"\(process {pid}\) was killed by SIGKILL: .* starts in (\d+) s", log).group(1))
+                  for pid in killed]
+        assert delays == [1, 2, 4], log[-3000:]
+        # Each successor came no sooner than its delay said.
+        assert all(w >= d for w, d in zip(waited, delays)), (waited, delays)
+        wait_ready(live)
+    finally:
+        live.stop()
+
+
+def next_pid(live, killed):
+    pid = live.worker_pid()
+    return pid if pid not in killed else None
+
+
+def http_status_or_none(url):
+    try:
+        return http_status(url)
+    except (urllib.error.URLError, OSError):
+        return None
