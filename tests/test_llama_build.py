@@ -10,7 +10,7 @@ import llama_cpp
 import pytest
 
 from inference.backends import BackendError
-from inference.models import ModelConfig
+from inference.model_configs import ModelConfig
 from plugins.llama_cpp.backend import LlamaCppBackend
 
 pytestmark = pytest.mark.nodb
