@@ -122,6 +122,12 @@ class StepCosts:
             return None
         return tokens * (self.prefill_token + (self.cell_cost() or 0.0) * context)
 
+    def longer_than_chunk(self, tokens, context, chunk_tokens):
+        """Whether ``tokens`` prompt tokens at ``context`` cells cost more than a chunk of prompt at
+        none (False while nothing is measured: then tokens alone decide)."""
+        cost = self.prompt_cost(tokens, context)
+        return cost is not None and cost > self.prompt_cost(chunk_tokens, 0)
+
     def prefill_budget(self, decoding, waiting, most, context=0):
         """Prompt tokens this step may take, with ``decoding`` jobs streaming and ``waiting``
         jobs prefilling, whose tokens attend about ``context`` cells; ``most`` when no one else

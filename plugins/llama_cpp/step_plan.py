@@ -40,8 +40,7 @@ class StepPlan:
             return False
         if len(self.rows) > chunk_tokens:
             return True
-        cost, chunk = costs.prompt_cost(len(self.rows), self.cells()[1] / len(self.rows)), costs.prompt_cost(chunk_tokens, 0)
-        return cost is not None and cost > chunk
+        return costs.longer_than_chunk(len(self.rows), self.cells()[1] / len(self.rows), chunk_tokens)
 
 
 def plan_step(jobs, *, step, costs, batch_tokens, chunk_tokens):
@@ -92,5 +91,4 @@ def _long(job, costs, chunk_tokens):
     rest = len(job.tokens) - job.n_past
     if len(job.tokens) - job.cached > chunk_tokens:
         return True
-    cost, chunk = costs.prompt_cost(rest, job.n_past + rest / 2), costs.prompt_cost(chunk_tokens, 0)
-    return cost is not None and cost > chunk
+    return costs.longer_than_chunk(rest, job.n_past + rest / 2, chunk_tokens)
