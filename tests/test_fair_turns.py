@@ -94,6 +94,17 @@ def test_before_contexts_vary_the_model_estimate_stands_in():
     assert abs(costs.cell_cost() - 0.0002 * 0.013) < 1e-9
 
 
+def test_a_slope_that_reads_near_nothing_never_goes_below_the_model_estimate():
+    """A noisy machine can make long and short contexts' steps look alike; the model's estimate
+    (reading the cells) then still paces a long context."""
+    costs = StepCosts(context_share=0.0002)
+    for k in range(40):
+        cells = 200 if k % 2 else 5700
+        costs.record(0.013 if k % 4 < 2 else 0.012, decoded=2, prefilled=0, decode_cells=cells)
+    assert costs.cells.slope() is not None and costs.cells.slope() < 1e-7
+    assert costs.context_share() == 0.0002
+
+
 def state_job(user, state, tokens=0, n_past=0, context=0):
     return Job(user=user, priority="interactive", state=state, pending=1 if state is JobState.DECODING else None,
                last_decoded=-1, kv=[0] * context, sampler=SimpleNamespace(recent_cost=0.0), tokens=[1] * tokens,

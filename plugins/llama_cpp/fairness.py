@@ -102,12 +102,13 @@ class StepCosts:
         self.began = time.perf_counter()
 
     def cell_cost(self):
-        """Seconds a row spends per context cell it attends: measured once the steps have shown
-        it, else the model's estimate (None before any step was timed)."""
-        measured = self.cells.slope()
-        if measured is not None:
-            return measured
-        return self.fallback_share * self.decode_step if self.decode_step else None
+        """Seconds a row spends per context cell it attends: the model's estimate, or more where
+        the steps have measured more (None before any step was timed). The estimate is a floor:
+        it counts only reading the cells, and a noisy machine can make the measured slope read
+        near nothing, which would let a long context decode every step beside everyone."""
+        if not self.decode_step:
+            return None
+        return max(self.cells.slope() or 0.0, self.fallback_share * self.decode_step)
 
     def context_share(self):
         """What one context cell of a sequence costs the step, as a share of a decode step."""
